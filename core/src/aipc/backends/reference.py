@@ -1,0 +1,169 @@
+"""The reference backend ``transformers``: plain transformers on PyTorch, CPU.
+
+It is what the conformance suite compares every other backend against, so it stays simple:
+the artifact is the Hugging Face folder itself (hard links, or copies across file systems),
+and the precision is applied when loading.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterator
+
+from aipc import __version__, hookimpl
+from aipc.errors import InvalidModelError, UnsupportedPrecisionError
+from aipc.streaming import IncrementalDecoder
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+
+NAME = "transformers"
+PRECISIONS = ("fp32", "fp16")
+MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken")
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@hookimpl
+def aipc_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name=NAME,
+        version=__version__,
+        description="Reference: plain transformers on PyTorch (CPU). Slow, exact; what others are compared with.",
+        devices=(Device("CPU", PRECISIONS),),
+        default_precision="fp32",
+        capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True),
+        priority=0,
+        runtime_versions={"torch": _version("torch"), "transformers": _version("transformers")},
+        options={"threads": "PyTorch intra-op threads (default: PyTorch's; env AIPC_NUM_THREADS)"},
+    )
+
+
+@hookimpl
+def aipc_quantize(request) -> object:
+    if request.precision not in PRECISIONS:
+        raise UnsupportedPrecisionError(f"the reference backend runs {', '.join(PRECISIONS)}, not {request.precision}")
+    out = Path(request.output_dir)
+    for pattern in MODEL_FILES:
+        for file in Path(request.source_dir).glob(pattern):
+            try:
+                os.link(file, out / file.name)
+            except OSError:
+                shutil.copy2(file, out / file.name)
+    request.progress("Linked the Hugging Face folder; the precision is applied at load")
+    return request.manifest(options={"dtype": request.precision}, versions=aipc_backend_info().runtime_versions)
+
+
+@hookimpl
+def aipc_load(request):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from aipc.runtime import LoadedModel, thread_count
+
+    threads = thread_count(request.options)
+    if threads:
+        torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[request.manifest.precision]
+    folder = str(request.artifact_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=request.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=request.trust_remote_code)
+    except Exception as error:  # transformers raises OSError, ValueError, safetensors errors...
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InvalidModelError(f"cannot load {folder}: {first[:200]}") from None
+    model.eval()
+    context = getattr(model.config, "max_position_embeddings", None)
+    return LoadedModel(runtime=(model, tokenizer), context_length=context)
+
+
+@hookimpl
+def aipc_tokenize(model, text: str) -> list[int]:
+    return model.runtime[1](text, add_special_tokens=False)["input_ids"]
+
+
+class _TokenQueue:
+    """A transformers streamer that hands generated token ids to another thread."""
+
+    def __init__(self) -> None:
+        self.tokens: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt
+            self.prompt_seen = True
+            return
+        self.tokens.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.tokens.put(None)
+
+
+def generation_kwargs(config: GenerationConfig, tokenizer) -> dict:
+    """transformers ``generate`` arguments for an aipc config (every field set explicitly, so a
+    model's own generation_config.json cannot change what the user asked for)."""
+    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.sampling,
+                  repetition_penalty=config.repetition_penalty, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    if config.sampling:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if config.stop:
+        kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
+    if config.ignore_eos:
+        kwargs.update(min_new_tokens=config.max_new_tokens)
+    return kwargs
+
+
+@hookimpl
+def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    hf_model, tokenizer = model.runtime
+    cancel = threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    streamer = _TokenQueue()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            with torch.inference_mode():
+                hf_model.generate(**inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                                  **generation_kwargs(config, tokenizer))
+        except BaseException as error:  # handed to the consumer below
+            failure.append(error)
+            streamer.end()
+
+    return _stream(work, streamer, cancel, failure, tokenizer)
+
+
+def _stream(work, streamer, cancel, failure, tokenizer) -> Iterator[Chunk]:
+    thread = threading.Thread(target=work, name="aipc-reference-generate", daemon=True)
+    thread.start()
+    decoder = IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    try:
+        while (ids := streamer.tokens.get()) is not None:
+            yield Chunk(decoder.add(ids), tokens=len(ids), ids=tuple(ids))
+        if failure:
+            raise failure[0]
+    finally:
+        cancel.set()
+        thread.join()

@@ -1,0 +1,364 @@
+"""The ``aipc`` command line (click). Heavy modules are imported inside the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import AipcError
+
+BACKEND_ORDER_HELP = (
+    "Default: the installed backend with a present accelerator (NPU, GPU) and the highest "
+    "priority (npu > directml > openvino), else the best CPU one; see `aipc backends`."
+)
+
+
+class AipcGroup(click.Group):
+    """Turns every failure into one line on stderr and a non-zero exit (AIPC_DEBUG=1 shows tracebacks)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AipcError as error:
+            self._fail(str(error), error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as error:
+            if os.environ.get("AIPC_DEBUG"):
+                raise
+            first = (str(error).strip().splitlines() or [""])[0]
+            self._fail(f"{type(error).__name__}: {first} (set AIPC_DEBUG=1 for the traceback)", 1)
+
+    @staticmethod
+    def _fail(message: str, code: int) -> None:
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(code)
+
+
+@click.group(cls=AipcGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="aipc")
+def cli() -> None:
+    """Run chat models (Phi-3 first) locally on this PC's NPU, GPU or CPU.
+
+    \b
+    aipc run "What is the capital of France?"       # default model and backend
+    aipc run phi-3-mini-4k-instruct "Hi" --backend openvino --precision int4
+    aipc backends                                    # what is installed and present
+    aipc chat                                        # a conversation
+
+    Models are catalogue names (`aipc models`), Hugging Face ids, local Hugging Face
+    folders, GGUF files or quantized artifact folders. Everything derived is cached under
+    AIPC_HOME (default: the platform's cache folder). Backends are plugins; AIPC_PLUGINS
+    allow-lists and AIPC_DISABLE_PLUGINS blocks them (comma-separated names).
+    """
+
+
+def _registry():
+    from .plugins import registry
+
+    return registry()
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------- backends
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backends(as_json: bool) -> None:
+    """List installed backends, their devices (present or not, and why) and precisions."""
+    reg = _registry()
+    rows = []
+    for backend in sorted(reg.backends.values(), key=lambda b: b.name):
+        row = {"name": backend.name, "ok": backend.ok, "error": backend.error}
+        if backend.ok:
+            info = backend.info
+            row.update(
+                version=info.version, description=info.description, priority=info.priority,
+                default_precision=info.default_precision, precisions=list(info.precisions),
+                devices=[{"name": d.name, "present": d.present, "reason": d.reason, "accelerator": d.accelerator,
+                          "precisions": list(d.precisions)} for d in info.devices],
+                capabilities=info.capabilities.__dict__, runtime_versions=info.runtime_versions, options=info.options,
+            )
+        rows.append(row)
+    try:
+        default = reg.default().name
+    except AipcError:
+        default = None
+    if as_json:
+        _print_json({"default": default, "backends": rows})
+        return
+    if not rows:
+        click.echo("No backends installed (or all filtered by AIPC_PLUGINS / AIPC_DISABLE_PLUGINS).")
+        return
+    for row in rows:
+        mark = " (default)" if row["name"] == default else ""
+        if not row["ok"]:
+            click.echo(f"{row['name']}: BROKEN - {row['error']}")
+            continue
+        click.echo(f"{row['name']} {row['version']}{mark} - {row['description']}")
+        for dev in row["devices"]:
+            state = "present" if dev["present"] else f"absent: {dev['reason']}"
+            click.echo(f"    {dev['name']:<8} {', '.join(dev['precisions']):<24} {state}")
+
+
+# ---------------------------------------------------------------------------------- shared options
+
+
+def model_options(function):
+    """Options shared by commands that load a model."""
+    for option in reversed([
+        click.option("--backend", "-b", help=f"Backend name. {BACKEND_ORDER_HELP}"),
+        click.option("--precision", "-p", help="fp32, fp16, int8 or int4. Default: the backend's recommended one."),
+        click.option("--device", "-d", help="Device of the backend (CPU, GPU, NPU, AUTO...). Default: its first present one."),
+        click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+                     help="Backend option (see `aipc backends --json`), repeatable."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folder or hub."),
+    ]):
+        function = option(function)
+    return function
+
+
+def generation_options(function):
+    for option in reversed([
+        click.option("--system", "-s", help="System message."),
+        click.option("--max-new-tokens", "-n", type=int, help="Tokens to generate at most (prompt excluded). [default: 256]"),
+        click.option("--temperature", "-t", type=float, help="Sampling temperature; 0 = greedy. [default: 0]"),
+        click.option("--top-p", type=float, help="Nucleus sampling mass in (0, 1]."),
+        click.option("--top-k", type=int, help="Sample from the K likeliest tokens (0 = off)."),
+        click.option("--seed", type=int, help="Random seed for sampling."),
+        click.option("--repetition-penalty", type=float, help="Penalty > 1 discourages repeats."),
+        click.option("--stop", multiple=True, help="Stop when this text appears (repeatable)."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _settings(**values) -> dict:
+    stop = values.pop("stop", ()) or None
+    return {**{k: v for k, v in values.items() if v is not None}, **({"stop": tuple(stop)} if stop else {})}
+
+
+def _split_model_prompt(words: tuple[str, ...]) -> tuple[str | None, str]:
+    if len(words) == 1:
+        return None, words[0]
+    if len(words) == 2:
+        return words[0], words[1]
+    raise click.UsageError("expected [MODEL] PROMPT (quote the prompt)")
+
+
+def _load(model, backend, precision, device, options, trust_remote_code, show_progress):
+    from . import runtime
+    from .progress import reporter
+    from .sources import DEFAULT_MODEL
+
+    with reporter(show_progress) as progress:
+        return runtime.load(model or DEFAULT_MODEL, backend=backend, precision=precision, device=device,
+                            options=list(options), trust_remote_code=trust_remote_code, progress=progress)
+
+
+def _usage_line(model) -> str:
+    u = model.usage
+    return (f"{model.backend}/{model.device}/{model.precision}: prompt {u.prompt_tokens} tok, "
+            f"generated {u.generated_tokens} tok, first token {u.time_to_first_token_s * 1000:.0f} ms, "
+            f"{u.decode_tokens_per_s:.1f} tok/s, load {model.load_s:.2f} s, finish {u.finish_reason}")
+
+
+# ---------------------------------------------------------------------------------- run / chat
+
+
+@cli.command()
+@click.argument("words", nargs=-1, required=True, metavar="[MODEL] PROMPT")
+@model_options
+@generation_options
+@click.option("--no-stream", is_flag=True, help="Print the answer when complete instead of as it is generated.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, usage, model) and no progress.")
+@click.option("--verbose", "-v", is_flag=True, help="Print token counts and timings on stderr.")
+def run(words, backend, precision, device, options, trust_remote_code, system, no_stream, as_json, verbose, **gen):
+    """Answer PROMPT with MODEL (default: smollm2-135m-instruct), streaming the text.
+
+    The first run of a model on a backend and precision quantizes it into the cache (with
+    progress); later runs reuse it. PROMPT "-" reads the prompt from stdin. Ctrl-C stops.
+    """
+    model_name, prompt = _split_model_prompt(words)
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    settings = _settings(**gen)
+    from .types import GenerationConfig
+
+    GenerationConfig.from_options(**settings)  # reject bad values before any slow work
+    model = _load(model_name, backend, precision, device, options, trust_remote_code, not as_json)
+    pieces = model.generate(prompt, system=system, **settings)
+    if as_json or no_stream:
+        text = "".join(pieces)
+        if as_json:
+            _print_json({"model": model.name, "backend": model.backend, "device": model.device,
+                         "precision": model.precision, "text": text, "load_s": round(model.load_s, 3),
+                         "usage": model.usage.as_dict()})
+        else:
+            click.echo(text)
+    else:
+        for piece in pieces:
+            click.echo(piece, nl=False)
+        click.echo()
+    if verbose:
+        click.echo(_usage_line(model), err=True)
+
+
+@cli.command()
+@click.argument("model_name", required=False, metavar="[MODEL]")
+@model_options
+@generation_options
+@click.option("--verbose", "-v", is_flag=True, help="Print token counts and timings after each answer.")
+def chat(model_name, backend, precision, device, options, trust_remote_code, system, verbose, **gen):
+    """Talk with MODEL; the conversation is kept. /exit or Ctrl-D ends, Ctrl-C stops an answer."""
+    settings = _settings(**gen)
+    from .types import GenerationConfig
+
+    GenerationConfig.from_options(**settings)
+    model = _load(model_name, backend, precision, device, options, trust_remote_code, True)
+    messages = [{"role": "system", "content": system}] if system else []
+    click.echo(f"Chatting with {model.name} on {model.backend}/{model.device}/{model.precision}. /exit to quit.", err=True)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            click.echo()
+            return
+        if line.strip() in ("/exit", "/quit", "/bye"):
+            return
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        answer = []
+        try:
+            for piece in model.chat(messages, **settings):
+                answer.append(piece)
+                click.echo(piece, nl=False)
+        except KeyboardInterrupt:
+            click.echo(" [stopped]", err=True)
+        click.echo()
+        messages.append({"role": "assistant", "content": "".join(answer)})
+        if verbose:
+            click.echo(_usage_line(model), err=True)
+
+
+# ---------------------------------------------------------------------------------- quantize / models
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@model_options
+@click.option("--output", type=click.Path(path_type=Path), help="Write the artifact here instead of the cache.")
+@click.option("--force", is_flag=True, help="Quantize again even if the cache has it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifact's path and manifest as JSON.")
+def quantize(model_name, backend, precision, device, options, trust_remote_code, output, force, as_json):
+    """Quantize MODEL for a backend, into the cache (or --output).
+
+    The artifact is written to a temporary folder and renamed into place when complete, with
+    an aipc.json manifest (backend, precision, device, source fingerprint, options, versions).
+    """
+    from . import runtime
+    from .progress import reporter
+    from .types import Manifest
+
+    with reporter(not as_json) as progress:
+        path = runtime.quantize(model_name, backend=backend, precision=precision, device=device,
+                                options=list(options), output=output, trust_remote_code=trust_remote_code,
+                                progress=progress, force=force)
+    if as_json:
+        _print_json({"path": str(path), "manifest": Manifest.read(path).__dict__})
+    else:
+        click.echo(str(path))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def models(ctx, as_json: bool) -> None:
+    """List the model catalogue and what the cache holds (with sizes)."""
+    if ctx.invoked_subcommand:
+        return
+    from . import cache
+    from .sources import CATALOGUE
+
+    entries = cache.entries()
+    if as_json:
+        _print_json({"cache": str(cache.home()),
+                     "catalogue": {name: entry.description for name, entry in CATALOGUE.items()},
+                     "cached": [{**e.__dict__, "path": str(e.path)} for e in entries]})
+        return
+    click.echo("Catalogue:")
+    for name, entry in CATALOGUE.items():
+        click.echo(f"  {name:<26} {entry.description}")
+    click.echo(f"Cache ({cache.home()}):")
+    if not entries:
+        click.echo("  (empty)")
+    for e in entries:
+        what = f"{e.backend}/{e.device}/{e.precision} of {e.source}" if e.kind == "artifact" else "source model"
+        click.echo(f"  {e.name:<58} {e.size / 1e6:9.1f} MB  {what}")
+
+
+@models.command("rm")
+@click.argument("names", nargs=-1, required=True)
+def models_rm(names) -> None:
+    """Remove cached entries by the names `aipc models` shows (or all: `aipc models rm all`)."""
+    import shutil
+
+    from . import cache
+    from .errors import ModelNotFoundError
+
+    entries = cache.entries()
+    chosen = entries if names == ("all",) else [e for e in entries if e.name in names or str(e.path) in names]
+    missing = set(names) - {"all"} - {e.name for e in chosen} - {str(e.path) for e in chosen}
+    if missing:
+        raise ModelNotFoundError(f"not in the cache: {', '.join(sorted(missing))}")
+    for entry in chosen:
+        shutil.rmtree(entry.path)
+        click.echo(f"removed {entry.name} ({entry.size / 1e6:.1f} MB)")
+
+
+# ---------------------------------------------------------------------------------- conformance
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--backend", "-b", "backends_", multiple=True, help="Backend(s) to check (default: every installed one).")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write a JSON report here.")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def conformance(backends_, json_file, pytest_args) -> None:
+    """Run the conformance suite (pytest) against backends; extra arguments go to pytest."""
+    import pytest
+
+    args = ["--pyargs", "aipc.conformance", "-p", "no:cacheprovider", "-q", "-rs"]
+    for name in backends_:
+        args += ["--backend", name]
+    if json_file:
+        args += ["--aipc-report", str(json_file)]
+    sys.exit(pytest.main(args + list(pytest_args)))
+
+
+def main() -> None:
+    reg = _registry()
+    for name, plugin in reg.pm.list_name_plugin():
+        hook = getattr(plugin, "aipc_register_commands", None)
+        try:
+            if hook:
+                hook(cli=cli)
+        except Exception as error:  # a plugin's commands must not break the CLI
+            reg.backends[name].error = f"register_commands failed: {error}"
+    cli(prog_name="aipc")
+
+
+if __name__ == "__main__":
+    main()

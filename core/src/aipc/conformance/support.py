@@ -1,0 +1,32 @@
+"""Helpers of the conformance suite (importable by plugin authors' own tests too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aipc
+from aipc.types import GenerationConfig
+
+REFERENCE = "transformers"
+#: prompts for greedy comparisons; chat-templated, so every backend sees the same final text
+PROMPTS = ("Can you introduce yourself?", "What is the capital of France?", "Count from one to ten.", "Tell me a story.")
+
+
+class ModelPool:
+    """Loaded models shared by the tests of a session (loading is the slow part)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple, aipc.Model] = {}
+
+    def get(self, model: Path, backend: str, precision: str, device: str | None = None) -> aipc.Model:
+        key = (str(model), backend, precision, device)
+        if key not in self.models:
+            self.models[key] = aipc.load(str(model), backend=backend, precision=precision, device=device)
+        return self.models[key]
+
+
+def run_raw(model: aipc.Model, prompt: str, **settings) -> tuple[str, list[int], int]:
+    """The backend's own stream for a chat-templated prompt: (text, ids, token count)."""
+    chunks = list(model.raw_stream(model.format_prompt(prompt), GenerationConfig(**settings)))
+    ids = [i for c in chunks for i in c.ids]
+    return "".join(c.text for c in chunks), ids, sum(c.tokens for c in chunks)
