@@ -4,7 +4,6 @@ already-quantized artifact folders. Everything derived lands in the cache (:mod:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -139,7 +138,7 @@ def gguf_to_folder(gguf_file: Path, name: str, progress: Progress = _quiet) -> P
     folder = cache.area("sources") / f"{name}-{cache.fingerprint(gguf_file)}"
     if is_hf_folder(folder):
         return folder
-    progress(f"Converting {gguf_file.name} to a Hugging Face folder (once, about a minute)")
+    progress(f"Converting {gguf_file.name} to a Hugging Face folder (once, about 10 s)")
     from .gguf import convert_gguf_to_hf
 
     with cache.atomic_dir(folder) as tmp:
