@@ -329,6 +329,30 @@ def models_rm(names) -> None:
         click.echo(f"removed {entry.name} ({entry.size / 1e6:.1f} MB)")
 
 
+# ---------------------------------------------------------------------------------- serve
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option("--model", "-m", "model_names", multiple=True,
+              help="Model(s) to serve (repeatable). Default: smollm2-135m-instruct.")
+@model_options
+@click.option("--api-key", envvar="AIPC_API_KEY", help="Require `Authorization: Bearer KEY` (env AIPC_API_KEY).")
+@click.option("--keep-alive", default=300.0, show_default=True, type=float,
+              help="Seconds an idle model stays loaded.")
+@click.option("--max-queue", default=8, show_default=True, type=int,
+              help="Requests waiting per model before the server answers 429.")
+def serve(**settings) -> None:
+    """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /v1/models, /health). Needs `pip install ./core[serve]`."""
+    try:
+        from .server import serve as run_server
+    except ImportError as error:
+        raise click.ClickException(f"aipc serve needs its extra: pip install 'aipc[serve]' ({error})") from None
+    run_server(**settings)
+
+
 # ---------------------------------------------------------------------------------- conformance
 
 

@@ -1,0 +1,113 @@
+"""Building models with onnxruntime-genai's model builder through aipc: precisions per device,
+options, manifests, and the errors for what a device lacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import aipc
+from aipc.errors import InvalidConfigError, UnsupportedPrecisionError
+from aipc.plugins import registry
+from aipc.runtime import QuantizeRequest
+from aipc.types import Manifest
+
+from directml_support import BACKEND
+
+
+@pytest.mark.parametrize(("precision", "device", "target"), [
+    ("fp32", "CPU", "cpu"), ("int8", "CPU", "cpu"), ("int4", "CPU", "cpu"), ("fp16", "AUTO", "dml"),
+])
+def test_build_writes_a_genai_model_and_manifest(artifacts, precision, device, target):
+    from aipc_directml.artifact import built_for, precision_of, read_config
+
+    folder = artifacts(precision, device)
+    manifest = Manifest.read(folder)
+    assert (manifest.backend, manifest.precision, manifest.device) == (BACKEND, precision, device)
+    assert manifest.options["target"] == target
+    assert manifest.versions.get("onnxruntime-genai") and manifest.versions.get("aipc-directml")
+    for name in ("genai_config.json", "model.onnx", "tokenizer.json", "build.log"):
+        assert (folder / name).is_file(), name
+    assert built_for(read_config(folder)) == target
+    assert precision_of(folder) == precision  # what aipc_detect_artifact would say of it
+
+
+def _request(tiny, tmp_path, precision, device, **options):
+    return QuantizeRequest(backend=BACKEND, source_dir=tiny, output_dir=tmp_path, precision=precision, device=device,
+                           options=options, source={"name": "tiny"}, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("precision", "device"), [("fp16", "CPU"), ("fp32", "DML"), ("int8", "DML"),
+                                                   ("fp32", "AUTO"), ("int8", "AUTO")])
+def test_precisions_a_device_lacks_are_refused(tiny, tmp_path, precision, device):
+    with pytest.raises(UnsupportedPrecisionError, match=precision):
+        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, precision, device))
+    assert not (tmp_path / "genai_config.json").exists()
+
+
+def test_the_core_refuses_them_too(tiny):
+    with pytest.raises(UnsupportedPrecisionError, match="fp16 on CPU"):
+        aipc.quantize(str(tiny), backend=BACKEND, precision="fp16", device="CPU")
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"block_size": "48"}, "block_size"),
+    ({"accuracy_level": "9"}, "accuracy_level"),
+    ({"algo_config": "gptq"}, "algo_config"),
+    ({"no_such_option": "1"}, "no option"),
+])
+def test_bad_options_are_refused(tiny, tmp_path, options, match):
+    with pytest.raises(InvalidConfigError, match=match):
+        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "int4", "CPU", **options))
+
+
+def test_quantization_options_need_a_quantized_precision(tiny, tmp_path):
+    with pytest.raises(InvalidConfigError, match="int4/int8 only"):
+        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "fp32", "CPU", block_size="64"))
+
+
+def test_options_known_to_break_tied_embeddings_are_refused(tiny, tmp_path):
+    tied = tmp_path / "tied"
+    tied.mkdir()
+    for file in tiny.iterdir():
+        (tied / file.name).write_bytes(file.read_bytes())
+    config = json.loads((tied / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (tied / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad in ({"is_symmetric": "false"}, {"matmul_mixed_precision": "last_matmul:int8"}):
+        request = _request(tied, out, "int4", "CPU", **bad)
+        with pytest.raises(InvalidConfigError, match="tie"):
+            registry().call(BACKEND, "aipc_quantize", request=request)
+
+
+def test_int4_options_reach_the_builder(tiny):
+    folder = aipc.quantize(str(tiny), backend=BACKEND, precision="int4", device="CPU",
+                           options={"block_size": "64", "accuracy_level": "1"})
+    manifest = Manifest.read(folder)
+    assert manifest.options["block_size"] == "64" and manifest.options["accuracy_level"] == "1"
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nbits, "no MatMulNBits node in an int4 model"
+    attributes = {a.name: a.i for a in nbits[0].attribute}
+    assert attributes["block_size"] == 64 and attributes["accuracy_level"] == 1
+    # the options are part of the cache key: a different block size is a different artifact
+    assert folder != aipc.quantize(str(tiny), backend=BACKEND, precision="int4", device="CPU")
+
+
+def test_the_builder_fix_wires_the_lm_head_to_the_final_norm(artifacts, tiny):
+    """onnxruntime-genai's builder takes any Linear with vocab_size outputs for the LM head; the
+    tiny Phi-3's fused gate_up_proj (2 x 256 = 512 = vocab_size) fooled it. aipc_directml.build
+    makes it use the model's own output embedding."""
+    import onnx
+
+    config = json.loads((tiny / "config.json").read_text())
+    assert 2 * config["intermediate_size"] == config["vocab_size"], "the tiny model no longer has the trap"
+    graph = onnx.load(str(artifacts("fp32", "CPU") / "model.onnx"), load_external_data=False).graph
+    head = [n for n in graph.node if n.name == "/lm_head/MatMul"]
+    assert len(head) == 1
+    assert "final_norm" in head[0].input[0], f"the LM head reads {head[0].input[0]}"
