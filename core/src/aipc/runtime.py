@@ -314,8 +314,12 @@ class Model:
         return "".join(self.generate(prompt, **kwargs))
 
     def _stream(self, text: str, config: GenerationConfig) -> Iterator[str]:
-        prompt_tokens = len(self.tokenize(text))
         caps = self.capabilities
+        if config.repetition_penalty != 1.0 and not caps.repetition_penalty:
+            raise InvalidConfigError(f"backend {self.backend!r} does not support repetition_penalty")
+        if config.sampling and not caps.sampling:
+            raise InvalidConfigError(f"backend {self.backend!r} does not sample; leave temperature at 0")
+        prompt_tokens = len(self.tokenize(text))
         if caps.max_prompt_tokens and prompt_tokens > caps.max_prompt_tokens:
             raise PromptTooLongError(
                 f"the prompt has {prompt_tokens} tokens; {self.backend} on {self.device} takes at most {caps.max_prompt_tokens}"

@@ -29,6 +29,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--aipc-report", metavar="FILE", help="Write the aipc certification report (JSON) here.")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_model: uses the real SmolLM2 (deselect with -m 'not real_model')")
+
+
 def selected_backends(config: pytest.Config) -> list[str]:
     from aipc.plugins import registry
 

@@ -1,0 +1,136 @@
+"""An example aipc backend, complete and small: PyTorch on the CPU with dynamic int8
+quantization of every Linear layer, and its own token-by-token decode loop.
+
+Copy this package to start a backend for your accelerator: keep the hook names, change what
+they do. Walkthrough: docs/writing-a-backend.md in the aipc repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+from typing import Iterator
+
+from aipc import hookimpl
+from aipc.errors import InvalidModelError, UnsupportedPrecisionError
+from aipc.streaming import IncrementalDecoder
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+
+NAME = "example"  # must equal the entry-point name in pyproject.toml
+PRECISIONS = ("fp32", "int8")
+WEIGHTS = {"fp32": "model_fp32.pt", "int8": "model_int8.pt"}
+KEEP = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "chat_template.jinja")
+
+
+@hookimpl
+def aipc_backend_info() -> BackendInfo:
+    # Called on every `aipc` start: describe, don't import torch here.
+    return BackendInfo(
+        name=NAME,
+        version=version("aipc-example-backend"),
+        description="Example: PyTorch CPU with dynamic int8 Linear layers and a plain decode loop",
+        devices=(Device("CPU", PRECISIONS),),
+        default_precision="int8",
+        capabilities=Capabilities(native_stop_strings=False, repetition_penalty=False, exact_precisions=("fp32",)),
+        priority=-10,  # never chosen over a real accelerator unless asked for
+        runtime_versions={"torch": version("torch")},
+        options={"threads": "PyTorch threads (env AIPC_NUM_THREADS)"},
+    )
+
+
+def _quantized(model, precision: str):
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    if precision == "int8":
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+@hookimpl
+def aipc_quantize(request):
+    if request.precision not in PRECISIONS:
+        raise UnsupportedPrecisionError(f"{NAME} offers {', '.join(PRECISIONS)}, not {request.precision}")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    request.progress(f"Quantizing Linear layers to {request.precision}")
+    model = AutoModelForCausalLM.from_pretrained(request.source_dir, dtype=torch.float32).eval()
+    torch.save(_quantized(model, request.precision).state_dict(), Path(request.output_dir) / WEIGHTS[request.precision])
+    for name in KEEP:
+        if (Path(request.source_dir) / name).exists():
+            shutil.copy2(Path(request.source_dir) / name, request.output_dir)
+    return request.manifest(versions={"torch": torch.__version__})
+
+
+@hookimpl
+def aipc_load(request):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from aipc.runtime import LoadedModel, thread_count
+
+    if threads := thread_count(request.options):
+        torch.set_num_threads(threads)
+    folder = Path(request.artifact_dir)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        model = _quantized(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), request.manifest.precision)
+        model.load_state_dict(torch.load(folder / WEIGHTS[request.manifest.precision], weights_only=True), strict=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # missing or truncated files: say so in one line
+        raise InvalidModelError(f"cannot load {folder}: {str(error).splitlines()[0][:200]}") from None
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    if (folder / "generation_config.json").exists():
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        extra = HFGenerationConfig.from_pretrained(folder).eos_token_id
+        eos += extra if isinstance(extra, list) else [extra]
+    return LoadedModel(runtime=(model, tokenizer), context_length=config.max_position_embeddings,
+                       extra={"eos": {i for i in eos if i is not None}})
+
+
+@hookimpl
+def aipc_tokenize(model, text: str) -> list[int]:
+    return model.runtime[1](text, add_special_tokens=False)["input_ids"]
+
+
+def _next_token(logits, config: GenerationConfig, generator) -> int:
+    """Greedy, or temperature / top-k / top-p sampling, over one row of logits."""
+    import torch
+
+    if not config.sampling:
+        return int(logits.argmax())
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if config.top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        outside = ordered.cumsum(0) - ordered > config.top_p
+        probs = probs.scatter(0, order, ordered.masked_fill(outside, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@hookimpl
+def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
+    import torch
+
+    hf_model, tokenizer = model.runtime
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    decoder = IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    past = None
+    # A plain generator: when the core closes it early (stop string, Ctrl-C) the loop just ends.
+    with torch.inference_mode():
+        for _ in range(config.max_new_tokens):
+            out = hf_model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = _next_token(out.logits[0, -1].float(), config, generator)
+            if token in model.extra["eos"] and not config.ignore_eos:
+                return
+            yield Chunk(decoder.add([token]), tokens=1, ids=(token,))
+            input_ids = torch.tensor([[token]])

@@ -1,0 +1,18 @@
+"""Writes its files but returns no manifest."""
+
+from aipc import hookimpl
+from aipc.backends import reference
+from aipc.backends.reference import aipc_generate, aipc_load, aipc_tokenize  # noqa: F401  (hooks reused)
+
+from . import info
+
+
+@hookimpl
+def aipc_backend_info():
+    return info("broken-manifest")
+
+
+@hookimpl
+def aipc_quantize(request):
+    reference.aipc_quantize(request)
+    return None

@@ -1,0 +1,93 @@
+"""The plugin-author kit: the suite fails each deliberately broken backend on the right test,
+and a backend packaged outside this repository is found and certified."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def certify(backend, tmp_path, *extra, env=None):
+    """Run `aipc conformance` as an author would; return {test name: (outcome, reason)} and the report."""
+    report = tmp_path / f"{backend}.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "aipc", "conformance", "--backend", backend, "--json", str(report),
+         "-m", "not real_model", *extra], capture_output=True, text=True, env=env, timeout=900)
+    data = json.loads(report.read_text())
+    outcomes = {t["test"]: (t["outcome"], t["reason"]) for t in data["tests"]}
+    return result, outcomes, data
+
+
+def failed(outcomes):
+    return {name.split("[")[0] for name, (outcome, _) in outcomes.items() if outcome == "failed"}
+
+
+@pytest.mark.parametrize("backend, expected", [
+    ("broken-max-tokens", {"test_max_new_tokens_is_exact"}),
+    ("broken-stop", {"test_native_stop_strings_stop_the_runtime"}),
+    ("broken-fp16", {"test_greedy_tokens_match_reference"}),
+    ("broken-errors", {"test_quantize_refuses_precisions_it_lacks"}),
+])
+def test_suite_fails_each_broken_backend_exactly_where_it_should(backend, expected, tmp_path):
+    result, outcomes, _ = certify(backend, tmp_path)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert failed(outcomes) == expected, outcomes
+    if backend == "broken-fp16":  # fp32 still matches; only the drifting precision fails
+        assert {n for n, (o, _) in outcomes.items() if o == "failed"} == {
+            "test_greedy_tokens_match_reference[broken-fp16-fp16-CPU]"}
+
+
+def test_suite_reports_a_quantize_without_manifest(tmp_path):
+    result, outcomes, _ = certify("broken-manifest", tmp_path)
+    assert result.returncode == 1
+    assert outcomes["test_backend_describes_itself[broken-manifest]"][0] == "passed"
+    outcome, reason = outcomes["test_quantize_writes_manifest_and_loads[broken-manifest-fp32-CPU]"]
+    assert outcome == "failed" and "quantize returned no manifest" in reason
+
+
+def test_suite_reports_a_plugin_that_fails_to_import(tmp_path):
+    result, outcomes, data = certify("broken-import", tmp_path)
+    assert result.returncode == 1
+    outcome, reason = outcomes["test_backend_describes_itself[broken-import]"]
+    assert outcome == "failed" and "libnpu_driver.so" in reason
+    assert "import failed" in data["backends"]["broken-import"]["error"]
+
+
+def test_outside_package_is_found_and_certified(tmp_path):
+    """A package made here, with only an entry point and a module, installed with pip."""
+    package = tmp_path / "aipc-outside"
+    (package / "aipc_outside").mkdir(parents=True)
+    (package / "pyproject.toml").write_text(textwrap.dedent("""\
+        [build-system]
+        requires = ["setuptools>=69"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "aipc-outside"
+        version = "1.2.3"
+        [project.entry-points.aipc]
+        outside = "aipc_outside"
+        """))
+    (package / "aipc_outside" / "__init__.py").write_text(textwrap.dedent("""\
+        from dataclasses import replace
+        from aipc import hookimpl
+        from aipc.backends import reference
+        from aipc.backends.reference import aipc_generate, aipc_load, aipc_quantize, aipc_tokenize
+
+        @hookimpl
+        def aipc_backend_info():
+            return replace(reference.aipc_backend_info(), name="outside", version="1.2.3", priority=-5)
+        """))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(package)],
+                   check=True, capture_output=True)
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    listed = subprocess.run([sys.executable, "-m", "aipc", "backends", "--json"], capture_output=True, text=True, env=env)
+    rows = {b["name"]: b for b in json.loads(listed.stdout)["backends"]}
+    assert rows["outside"]["ok"] and rows["outside"]["version"] == "1.2.3"
+    result, outcomes, data = certify("outside", tmp_path, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert data["backends"]["outside"]["version"] == "1.2.3" and data["totals"]["passed"] >= 10
+    assert data["machine"]["cores"] and data["aipc_version"]
+    assert "aipc conformance" in result.stdout and "PASS  test_backend_describes_itself[outside]" in result.stdout
