@@ -374,13 +374,11 @@ def conformance(backends_, json_file, pytest_args) -> None:
 
 def main() -> None:
     reg = _registry()
-    for name, plugin in reg.pm.list_name_plugin():
-        hook = getattr(plugin, "aipc_register_commands", None)
+    for backend in reg.working():
         try:
-            if hook:
-                hook(cli=cli)
+            reg.call(backend.name, "aipc_register_commands", cli=cli)
         except Exception as error:  # a plugin's commands must not break the CLI
-            reg.backends[name].error = f"register_commands failed: {error}"
+            backend.error = f"register_commands failed: {error}"
     cli(prog_name="aipc")
 
 
