@@ -329,6 +329,49 @@ def models_rm(names) -> None:
         click.echo(f"removed {entry.name} ({entry.size / 1e6:.1f} MB)")
 
 
+# ---------------------------------------------------------------------------------- bench
+
+
+@cli.command()
+@click.argument("model_name", required=False, metavar="[MODEL]")
+@click.option("--backend", "-b", "backends_", multiple=True, help="Backend(s) (repeatable). Default: every present one.")
+@click.option("--precision", "-p", "precisions", multiple=True, help="Precision(s) (repeatable). Default: each backend's.")
+@click.option("--device", "-d", help="Device. Default: each backend's first present device offering the precision.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable.")
+@click.option("--prompt-tokens", default=128, show_default=True, type=int, help="Exact prompt length in tokens.")
+@click.option("--new-tokens", default=128, show_default=True, type=int, help="Tokens generated per run (EOS ignored).")
+@click.option("--runs", default=3, show_default=True, type=int, help="Measured runs per combination (interleaved).")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Uncounted runs per combination first.")
+@click.option("--cold", is_flag=True, help="Empty the backends' compile caches first, so the first load compiles.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report (JSON) here.")
+@click.option("--plot", "plot_file", type=click.Path(path_type=Path), help="Write latency and throughput charts (PNG).")
+def bench(model_name, backends_, precisions, device, options, prompt_tokens, new_tokens, runs, warmup, cold,
+          json_file, plot_file) -> None:
+    """Benchmark backends and precisions side by side on MODEL (default: smollm2-135m-instruct):
+    load time (first and warm), time to first token, prefill and decode tokens/s, time per output
+    token, peak memory and artifact size. Set AIPC_NUM_THREADS to fix the thread count."""
+    from . import bench as benchmark
+    from .progress import reporter
+    from .sources import DEFAULT_MODEL
+    from .types import check_precision
+
+    combos, notes = benchmark.combinations(backends_, tuple(check_precision(p) for p in precisions), device)
+    for note in notes:
+        click.echo(note, err=True)
+    with reporter(True) as progress:
+        report = benchmark.run(model_name or DEFAULT_MODEL, combos, prompt_tokens, new_tokens, runs, warmup,
+                               list(options), cold, progress)
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 160).print(benchmark.table(report))
+    if json_file:
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"report written to {json_file}", err=True)
+    if plot_file:
+        benchmark.plot(report, plot_file)
+        click.echo(f"chart written to {plot_file}", err=True)
+
+
 # ---------------------------------------------------------------------------------- serve
 
 

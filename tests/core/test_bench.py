@@ -1,0 +1,30 @@
+"""`aipc bench`: exact prompt lengths, forced output lengths, interleaved runs, JSON and chart."""
+
+import json
+
+import aipc
+from aipc.bench import exact_prompt
+
+
+def test_exact_prompt_has_exactly_the_requested_tokens(tiny_phi3, smollm2):
+    for folder in (tiny_phi3, smollm2):
+        model = aipc.load(str(folder), backend="transformers")
+        for tokens in (1, 16, 77, 128):
+            assert len(model.tokenize(exact_prompt(model, tokens))) == tokens
+
+
+def test_bench_writes_json_table_and_chart(aipc_cli, tiny_phi3, tmp_path):
+    report, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "-p", "fp32", "-p", "fp16", "-p", "int4",
+                      "--prompt-tokens", "16", "--new-tokens", "8", "--runs", "2", "--json", str(report),
+                      "--plot", str(chart))
+    assert result.returncode == 0, result.stderr
+    assert "skipped transformers/int4" in result.stderr
+    data = json.loads(report.read_text())
+    assert [(r["precision"], r["runs"]) for r in data["results"]] == [("fp32", 2), ("fp16", 2)]
+    for r in data["results"]:
+        assert r["decode_tps"] > 0 and r["ttft_ms"] > 0 and r["prefill_tps"] > 0 and r["artifact_mb"] > 0
+        assert len(r["token_latencies_ms"]) == 7 and r["load_warm_s"] > 0 and r["peak_rss_mb"] > 0
+    assert data["settings"]["interleaved"] and data["machine"]["cores"]
+    assert "TTFT ms" in result.stdout and "transformers/fp16/CPU" in result.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 20000
