@@ -123,7 +123,10 @@ def _choose(reg: Registry, backend: str | None, precision: str | None, device: s
             names = ", ".join(d.name for d in info.devices)
             raise UnsupportedDeviceError(f"backend {info.name!r} has no device {device!r} (it knows: {names})")
     else:
-        dev = info.default_device()
+        wanted = check_precision(precision) if precision else None
+        offering = [d for d in info.devices if d.present and (wanted is None or wanted in d.precisions)]
+        offering.sort(key=lambda d: not d.accelerator)
+        dev = offering[0] if offering else info.default_device()
         if dev is None:
             reasons = "; ".join(f"{d.name}: {d.reason}" for d in info.devices)
             raise BackendUnavailableError(f"backend {info.name!r} has no device present here ({reasons})")

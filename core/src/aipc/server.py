@@ -37,7 +37,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,6 +74,9 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+STOPPING = ApiError(503, "the server is stopping", "server_error", code="server_stopping")
+
+
 def api_error(error: BaseException, prompt_param: str = "messages") -> ApiError:
     """The HTTP answer for an exception raised while loading or generating."""
     if isinstance(error, ApiError):
@@ -95,21 +98,41 @@ def api_error(error: BaseException, prompt_param: str = "messages") -> ApiError:
 # ---------------------------------------------------------------------------------- requests
 
 
-class _Request(BaseModel):
+class _Strict(BaseModel):
     # strict: "5" is not a number and "true" is not a boolean; unknown fields are ignored
     model_config = ConfigDict(strict=True, extra="ignore")
 
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class _Request(_Strict):
     model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = Field(None, ge=0)  # extensions that llama.cpp and vLLM accept too
-    repetition_penalty: Optional[float] = Field(None, gt=0)
-    seed: Optional[int] = Field(None, ge=0)
-    stop: Union[str, list[str], None] = None
-    n: Optional[int] = Field(None, ge=1, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # top_k and repetition_penalty: llama.cpp and vLLM take them too
+    repetition_penalty: float | None = Field(None, gt=0)
+    seed: int | None = Field(None, ge=0)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1, le=1)
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: StreamOptions | None = None
 
     def settings(self) -> dict[str, Any]:
         """GenerationConfig fields; None is left to the runtime's default."""
@@ -118,30 +141,9 @@ class _Request(BaseModel):
                 "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "seed": self.seed, "stop": stop}
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    include_usage: bool = False
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
-
-    def as_dict(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
-
-
 class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
     def settings(self) -> dict[str, Any]:
         settings = super().settings()
@@ -151,7 +153,7 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: Union[str, list[str]]
+    prompt: str | list[str]
 
     def text(self) -> str:
         if isinstance(self.prompt, str):
@@ -159,11 +161,6 @@ class CompletionRequest(_Request):
         if len(self.prompt) != 1:
             raise ApiError(400, "prompt: send one prompt per request", param="prompt", code="invalid_value")
         return self.prompt[0]
-
-
-_Request.model_rebuild()
-ChatRequest.model_rebuild()
-CompletionRequest.model_rebuild()
 
 
 # ---------------------------------------------------------------------------------- model slots
@@ -195,6 +192,7 @@ class ModelSlot:
         self.id, self.name, self.load_kwargs = model_id, name, load_kwargs
         self.keep_alive, self.max_queue = keep_alive, max_queue
         self.model = None
+        self.stopping = False
         self.current: Job | None = None
         self.pending = 0  # running + waiting
         self.lock = threading.Lock()
@@ -225,6 +223,8 @@ class ModelSlot:
                 "waiting": max(self.pending - (self.current is not None), 0), **self.stats}
 
     def stop(self) -> None:
+        """Cancel the running and waiting requests, unload, end the thread."""
+        self.stopping = True
         job = self.current
         if job:
             job.cancelled.set()
@@ -253,9 +253,9 @@ class ModelSlot:
 
     def _run(self, job: Job) -> None:
         started = time.perf_counter()
-        if job.cancelled.is_set():  # the client left while waiting
+        if self.stopping or job.cancelled.is_set():  # the server stops, or the client left while waiting
             self.stats["cancelled"] += 1
-            job.emit("done", None)
+            job.emit(*(("error", STOPPING) if self.stopping else ("gone",)))
             return
         try:
             model = self._loaded()
@@ -291,7 +291,7 @@ class ModelSlot:
         log.info("%s: finish_reason=%s prompt_tokens=%d completion_tokens=%d ttft=%.3fs decode=%.1f tok/s",
                  self.id, usage.finish_reason, usage.prompt_tokens, usage.generated_tokens,
                  usage.time_to_first_token_s, usage.decode_tokens_per_s)
-        job.emit("done", usage)
+        job.emit(*(("error", STOPPING) if self.stopping else ("done", usage)))
 
     def _loaded(self):
         if self.model is None:
@@ -392,6 +392,7 @@ def create_app(model_names: tuple[str, ...], load_kwargs: dict[str, Any], api_ke
             await asyncio.to_thread(slot.thread.join, 10)
 
     app = FastAPI(title="aipc", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.slots = slots
     app.add_middleware(Guard, api_key=api_key, max_body=max_body_bytes)
 
     @app.exception_handler(ApiError)
@@ -427,12 +428,18 @@ def create_app(model_names: tuple[str, ...], load_kwargs: dict[str, Any], api_ke
     async def health():
         return {"status": "ok", "version": __version__, "models": {i: s.status() for i, s in slots.items()}}
 
+    def describe(model_id: str) -> dict[str, Any]:
+        settings = {k: load_kwargs.get(k) for k in ("backend", "precision", "device")}  # None: the default
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "aipc",
+                "aipc": {"source": ids[model_id], "loaded": slots[model_id].model is not None, **settings}}
+
     @app.get("/v1/models")
     async def models():
-        data = [{"id": i, "object": "model", "created": created, "owned_by": "aipc",
-                 "aipc": {"source": name, "loaded": slots[i].model is not None, **load_kwargs_public(load_kwargs)}}
-                for i, name in ids.items()]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [describe(i) for i in ids]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(model_id: str):
+        return describe(slot_for(model_id).id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -447,10 +454,6 @@ def create_app(model_names: tuple[str, ...], load_kwargs: dict[str, Any], api_ke
         return await _answer(request, slot_for(body.model), job, body, chat=False)
 
     return app
-
-
-def load_kwargs_public(load_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: load_kwargs.get(k) for k in ("backend", "precision", "device")}
 
 
 async def _parse(request: Request, model: type[_Request]) -> Any:
@@ -565,4 +568,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_names: tuple[str, ...
                      max_queue=max_queue, max_body_bytes=max_body_bytes)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use it", host)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # Ctrl-C: answer every open request now (503), then stop
+            for slot in app.state.slots.values():
+                slot.stop()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
+        pass
+    if not server.started:  # e.g. the port is taken: uvicorn said why
+        raise SystemExit(1)

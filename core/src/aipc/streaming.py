@@ -1,8 +1,13 @@
-"""Text-stream helpers shared by the core and backends: stop strings and incremental decoding."""
+"""Text-stream helpers shared by the core and backends: stop strings, incremental decoding, and
+streaming from a runtime whose generate call blocks and reports tokens through a callback."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import queue
+import threading
+from typing import Callable, Iterator, Sequence
+
+from .types import Chunk
 
 
 class StopStrings:
@@ -40,21 +45,85 @@ class StopStrings:
 
 
 class IncrementalDecoder:
-    """Turn a growing list of token ids into text pieces, for runtimes that give ids only.
+    """Token ids -> text pieces, for runtimes that give ids only.
 
-    Decodes the whole output each time and emits the new suffix; a suffix that ends in an
-    incomplete UTF-8 sequence (U+FFFD) is held until the next token completes it.
+    Decodes a short window (the ids since the previous piece, plus the piece before them as
+    context, so tokenizers that strip a leading space stay right) with and without the newest
+    ids; the difference is the new text. A piece ending in an incomplete UTF-8 sequence
+    (U+FFFD) waits for the next token; ``flush`` releases it at the end.
     """
 
     def __init__(self, decode: Callable[[list[int]], str]) -> None:
         self.decode = decode
         self.ids: list[int] = []
-        self.emitted = 0
+        self.prefix = 0  # window start
+        self.read = 0  # ids already turned into text
 
     def add(self, ids: Sequence[int]) -> str:
         self.ids.extend(int(i) for i in ids)
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):
+        before = self.decode(self.ids[self.prefix : self.read]) if self.read > self.prefix else ""
+        after = self.decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
-        piece, self.emitted = text[self.emitted :], len(text)
-        return piece
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+    def flush(self) -> str:
+        if self.read >= len(self.ids):
+            return ""
+        before = self.decode(self.ids[self.prefix : self.read]) if self.read > self.prefix else ""
+        after = self.decode(self.ids[self.prefix :])
+        self.read = len(self.ids)
+        return after[len(before) :] if len(after) > len(before) else ""
+
+
+def threaded_stream(
+    run: Callable[[Callable[[Sequence[int]], bool]], None],
+    decode: Callable[[list[int]], str],
+    translate_error: Callable[[BaseException], BaseException] | None = None,
+) -> Iterator[Chunk]:
+    """Stream a blocking generate call that reports tokens through a callback.
+
+    ``run(emit)`` runs in a worker thread and calls ``emit(ids)`` for each new token id (or
+    ids); ``emit`` returns False once the consumer has gone (the iterator was closed: a stop
+    string, Ctrl-C, a client disconnect), and the runtime must then cancel its generation.
+    Chunks carry the text, the token count and the ids; text held back for an incomplete
+    character is released with the next token or at the end. An exception in ``run`` is
+    raised in the consumer, through ``translate_error`` if given.
+    """
+    tokens: queue.Queue = queue.Queue()
+    cancelled = threading.Event()
+    failure: list[BaseException] = []
+    done = object()
+
+    def emit(ids: Sequence[int]) -> bool:
+        tokens.put([int(i) for i in ids])
+        return not cancelled.is_set()
+
+    def work() -> None:
+        try:
+            run(emit)
+        except BaseException as error:  # handed to the consumer below
+            failure.append(error)
+        finally:
+            tokens.put(done)
+
+    thread = threading.Thread(target=work, name="aipc-generate", daemon=True)
+    thread.start()
+    decoder = IncrementalDecoder(decode)
+    pending: list[int] = []
+    try:
+        while (ids := tokens.get()) is not done:
+            pending.extend(ids)
+            piece = decoder.add(ids)
+            if piece:
+                yield Chunk(piece, tokens=len(pending), ids=tuple(pending))
+                pending = []
+        rest = decoder.flush()
+        if rest or pending:
+            yield Chunk(rest, tokens=len(pending), ids=tuple(pending))
+        if failure:
+            raise translate_error(failure[0]) if translate_error else failure[0]
+    finally:
+        cancelled.set()
+        thread.join()

@@ -43,7 +43,7 @@ def tiny_phi3_tokenizer():
 
 
 def make_tiny_phi3(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny random ``Phi3ForCausalLM`` (hidden 128, 2 layers) with its tokenizer to
+    """Write a tiny random ``Phi3ForCausalLM`` (hidden 128, MLP 384, 2 layers) with its tokenizer to
     ``folder`` and return it. The same seed gives the same weights."""
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
@@ -53,7 +53,7 @@ def make_tiny_phi3(folder: Path, seed: int = 0) -> Path:
     tokenizer = tiny_phi3_tokenizer()
     end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]
     config = Phi3Config(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
         original_max_position_embeddings=4096, initializer_range=0.2, tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=end_ids[0], pad_token_id=tokenizer.pad_token_id,
@@ -73,7 +73,7 @@ def tiny_phi3_cached(seed: int = 0) -> Path:
     from . import cache
     from .sources import is_hf_folder
 
-    folder = cache.area("sources") / f"tiny-phi3-seed{seed}"
+    folder = cache.area("sources") / f"tiny-phi3-v2-seed{seed}"
     if not is_hf_folder(folder):
         with cache.atomic_dir(folder) as tmp:
             make_tiny_phi3(tmp, seed)

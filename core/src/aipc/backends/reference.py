@@ -8,16 +8,14 @@ and the precision is applied when loading.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
 from aipc import __version__, hookimpl
 from aipc.errors import InvalidModelError, UnsupportedPrecisionError
-from aipc.streaming import IncrementalDecoder
+from aipc.streaming import threaded_stream
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
 NAME = "transformers"
@@ -92,21 +90,22 @@ def aipc_tokenize(model, text: str) -> list[int]:
     return model.runtime[1](text, add_special_tokens=False)["input_ids"]
 
 
-class _TokenQueue:
-    """A transformers streamer that hands generated token ids to another thread."""
+class _Streamer:
+    """A transformers streamer that hands generated token ids to ``emit``."""
 
-    def __init__(self) -> None:
-        self.tokens: queue.Queue = queue.Queue()
+    def __init__(self, emit) -> None:
+        self.emit = emit
         self.prompt_seen = False
+        self.going = True
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate() first puts the prompt
             self.prompt_seen = True
             return
-        self.tokens.put(value.reshape(-1).tolist())
+        self.going = self.emit(value.reshape(-1).tolist())
 
     def end(self) -> None:
-        self.tokens.put(None)
+        pass
 
 
 def generation_kwargs(config: GenerationConfig, tokenizer) -> dict:
@@ -131,39 +130,19 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     hf_model, tokenizer = model.runtime
-    cancel = threading.Event()
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
-
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    streamer = _TokenQueue()
-    failure: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            if config.seed is not None:
-                torch.manual_seed(config.seed)
-            with torch.inference_mode():
-                hf_model.generate(**inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                                  **generation_kwargs(config, tokenizer))
-        except BaseException as error:  # handed to the consumer below
-            failure.append(error)
-            streamer.end()
+    def run(emit) -> None:
+        streamer = _Streamer(emit)
 
-    return _stream(work, streamer, cancel, failure, tokenizer)
+        class Cancelled(StoppingCriteria):  # stops generate() once the consumer has gone
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), not streamer.going, dtype=torch.bool)
 
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        with torch.inference_mode():
+            hf_model.generate(**inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                              **generation_kwargs(config, tokenizer))
 
-def _stream(work, streamer, cancel, failure, tokenizer) -> Iterator[Chunk]:
-    thread = threading.Thread(target=work, name="aipc-reference-generate", daemon=True)
-    thread.start()
-    decoder = IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    try:
-        while (ids := streamer.tokens.get()) is not None:
-            yield Chunk(decoder.add(ids), tokens=len(ids), ids=tuple(ids))
-        if failure:
-            raise failure[0]
-    finally:
-        cancel.set()
-        thread.join()
+    return threaded_stream(run, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))

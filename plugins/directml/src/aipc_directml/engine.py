@@ -1,0 +1,227 @@
+"""Loading and running an onnxruntime-genai model: og.Config / og.Model / og.Tokenizer and the
+og.Generator loop with a tokenizer stream.
+
+Uses only the API that onnxruntime-genai 0.13 (the newest DirectML build on PyPI) shares with
+0.18: Config (clear_providers, append_provider, overlay), Model, Tokenizer (encode, create_stream),
+GeneratorParams.set_search_options, Generator (append_tokens, generate_next_token,
+get_next_tokens, is_done) and is_dml_available.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
+from aipc.types import Chunk, GenerationConfig
+
+from . import artifact
+
+
+@dataclass
+class Runtime:
+    """What ``LoadedModel.runtime`` holds for this backend."""
+
+    model: Any
+    tokenizer: Any
+    provider: str  # "dml" or "cpu": the execution provider actually used
+    built_for: str  # the builder's target recorded in genai_config.json
+    context_length: int | None
+    added: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))  # ids encode() adds around text
+    decode: Any = None  # ids -> text as the Hugging Face tokenizer gives it, when tokenizer.json is there
+
+
+def _og():
+    try:
+        import onnxruntime_genai as og
+    except ImportError as error:  # a broken or missing wheel: the backend cannot run here
+        raise BackendUnavailableError(f"onnxruntime-genai cannot be imported: {error}") from None
+    return og
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def dml_available(og) -> bool:
+    check = getattr(og, "is_dml_available", None)
+    try:
+        return bool(check()) if check else False
+    except Exception:  # an old or odd build: treat as absent
+        return False
+
+
+def _dml_absent_reason() -> str:
+    from .plugin import _devices
+
+    dml = next(d for d in _devices() if d.name == "DML")
+    return dml.reason or "the installed onnxruntime-genai was not built with DirectML"
+
+
+def load(request, device: str):
+    from aipc.runtime import LoadedModel, thread_count
+
+    folder = Path(request.artifact_dir)
+    config = artifact.read_config(folder)
+    artifact.check_files(folder, config)
+    threads = thread_count(request.options)
+    target = artifact.built_for(config)
+    og = _og()
+    has_dml = dml_available(og)
+    if device == "DML" and not has_dml:
+        raise BackendUnavailableError(
+            f"DirectML was asked for but is not available: {_dml_absent_reason()}. "
+            "Use --device CPU, or --device AUTO to fall back to the CPU when DirectML is absent"
+        )
+    provider = "dml" if device == "DML" or (device == "AUTO" and has_dml) else "cpu"
+    if target not in ("cpu", "dml"):
+        request.progress(f"This model was built for {target}; running it on the {provider} provider")
+    try:
+        og_config = og.Config(str(folder))
+        og_config.clear_providers()
+        if provider == "dml":
+            og_config.append_provider("dml")
+        if threads:
+            if not hasattr(og_config, "overlay"):
+                raise InvalidConfigError("this onnxruntime-genai has no Config.overlay: the thread count cannot be set")
+            overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+            og_config.overlay(json.dumps(overlay))
+        model = og.Model(og_config)
+        tokenizer = og.Tokenizer(model)
+    except InvalidConfigError:
+        raise
+    except Exception as error:  # onnxruntime-genai raises RuntimeError for everything
+        message = _first_line(error)
+        if "DML" in message or "DirectML" in message:
+            raise BackendUnavailableError(f"DirectML cannot run this model here: {message}") from None
+        raise InvalidModelError(f"cannot load {folder}: {message}") from None
+    runtime = Runtime(model, tokenizer, provider, target, artifact.context_length(config))
+    runtime.added = _added_tokens(tokenizer)
+    runtime.decode = _hf_decoder(folder)
+    request.progress(f"Loaded on the {provider.upper()} execution provider (model built for {target})")
+    return LoadedModel(runtime=runtime, context_length=runtime.context_length,
+                       extra={"provider": provider, "built_for": target, "threads": threads})
+
+
+def _added_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds around any text (e.g. a BOS from ``add_bos_token``)."""
+    empty = [int(i) for i in tokenizer.encode("")]
+    probe = [int(i) for i in tokenizer.encode("a")]
+    if not empty:
+        return [], []
+    # Split the additions into what comes before and after the text by where "a" lands.
+    for cut in range(len(empty) + 1):
+        if probe[:cut] == empty[:cut] and probe[len(probe) - (len(empty) - cut):] == empty[cut:]:
+            return empty[:cut], empty[cut:]
+    return [], []
+
+
+_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def _hf_decoder(folder: Path):
+    """Decoding as the Hugging Face tokenizer does it (``skip_special_tokens=True``), so the text
+    streamed here is the reference backend's text for the same tokens, invalid UTF-8 included
+    (onnxruntime-genai's stream drops incomplete byte sequences, transformers shows U+FFFD).
+    None when the folder has no tokenizer.json: then onnxruntime-genai's own stream decodes."""
+    try:
+        from tokenizers import Tokenizer
+
+        hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception:  # no tokenizer.json, or a format the tokenizers library cannot read
+        return None
+    try:
+        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    cleanup = bool(settings.get("clean_up_tokenization_spaces", False))
+
+    def decode(ids: list[int]) -> str:
+        text = hf.decode(ids, skip_special_tokens=True)
+        if cleanup:
+            for old, new in _CLEANUPS:
+                text = text.replace(old, new)
+        return text
+
+    return decode
+
+
+def encode(model, text: str) -> list[int]:
+    """Token ids of ``text`` without added special tokens (as HF's add_special_tokens=False)."""
+    runtime: Runtime = model.runtime
+    if runtime is None:
+        raise InvalidConfigError("the model was closed")
+    ids = [int(i) for i in runtime.tokenizer.encode(text)]
+    before, after = runtime.added
+    if before and ids[: len(before)] == before:
+        ids = ids[len(before):]
+    if after and ids[len(ids) - len(after):] == after:
+        ids = ids[: len(ids) - len(after)]
+    return ids
+
+
+def search_options(config: GenerationConfig, prompt_tokens: int, context: int | None) -> dict[str, Any]:
+    """onnxruntime-genai search options for an aipc config. ``max_length`` counts the prompt, so
+    it is prompt + max_new_tokens (capped at the context); every option is set explicitly so the
+    folder's genai_config.json cannot change what the user asked for."""
+    max_length = prompt_tokens + config.max_new_tokens
+    if context:
+        max_length = min(max_length, context)
+    options: dict[str, Any] = {
+        "max_length": max_length,
+        "min_length": max_length if config.ignore_eos else 0,
+        "do_sample": bool(config.sampling),
+        "num_beams": 1,
+        "repetition_penalty": float(config.repetition_penalty),
+    }
+    if config.sampling:
+        options.update(temperature=float(config.temperature), top_p=float(config.top_p), top_k=int(config.top_k))
+    if config.seed is not None:
+        options["random_seed"] = int(config.seed)
+    return options
+
+
+def generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
+    runtime: Runtime = model.runtime
+    if runtime is None:
+        raise InvalidConfigError("the model was closed")
+    og = _og()
+    ids = encode(model, prompt)
+    if not ids:
+        raise InvalidConfigError("the prompt is empty: it has no tokens")
+    context = runtime.context_length
+    if context and len(ids) >= context:
+        raise PromptTooLongError(f"the prompt has {len(ids)} tokens; the model's context is {context}")
+    try:
+        params = og.GeneratorParams(runtime.model)
+        params.set_search_options(**search_options(config, len(ids), context))
+        generator = og.Generator(runtime.model, params)
+    except Exception as error:
+        raise InvalidConfigError(f"onnxruntime-genai refused the settings: {_first_line(error)}") from None
+    if runtime.decode is not None:
+        from aipc.streaming import IncrementalDecoder
+
+        decode = IncrementalDecoder(runtime.decode).add
+    else:
+        stream = runtime.tokenizer.create_stream()
+        decode = lambda ids: stream.decode(ids[0])  # noqa: E731
+    return _stream(generator, decode, ids, config.max_new_tokens)
+
+
+def _stream(generator, decode, ids: list[int], max_new_tokens: int) -> Iterator[Chunk]:
+    """One Chunk per generated token. Work happens only while the consumer pulls, so closing
+    the iterator early (stop string, Ctrl-C) stops the runtime at once."""
+    try:
+        generator.append_tokens(ids)  # the prompt: processed with the first token (prefill)
+        produced = 0
+        while produced < max_new_tokens and not generator.is_done():
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            produced += 1
+            yield Chunk(decode([token]), tokens=1, ids=(token,))
+    finally:
+        del generator

@@ -1,0 +1,113 @@
+"""Building an onnxruntime-genai model from a Hugging Face folder with the model builder.
+
+The builder runs as ``python -m aipc_directml.build`` (its own command line plus one fix, see
+:mod:`aipc_directml.build`) in a child process, with its output read line by line for progress
+and kept in ``build.log`` beside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aipc.errors import BackendError, InvalidConfigError, InvalidModelError
+
+LOG_NAME = "build.log"
+_LAYER = re.compile(r"Reading layer (\d+)")
+
+
+def _hf_config(source_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(source_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InvalidModelError(f"{source_dir} has no readable config.json: {error}") from None
+
+
+def _failure(lines: deque[str]) -> str:
+    """The builder's own last error line (its traceback's last line), for the user."""
+    for line in reversed(lines):
+        text = line.strip()
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|NotImplementedError)\b", text):
+            return text[:300]
+    return (lines[-1].strip() if lines else "no output")[:300]
+
+
+def builder_command(source_dir: Path, output_dir: Path, precision: str, target: str, cache_dir: Path,
+                    extra: dict[str, str]) -> list[str]:
+    command = [sys.executable, "-m", "aipc_directml.build", "-i", str(source_dir), "-o", str(output_dir),
+               "-p", precision, "-e", target, "-c", str(cache_dir)]
+    if extra:
+        command += ["--extra_options", *(f"{k}={v}" for k, v in sorted(extra.items()))]
+    return command
+
+
+def build(request, target: str):
+    from aipc.runtime import thread_count
+
+    from . import __version__
+    from .plugin import aipc_backend_info, builder_options
+
+    hf = _hf_config(request.source_dir)
+    tied = bool(hf.get("tie_word_embeddings", False))
+    extra = builder_options(request.precision, request.device, dict(request.options), tied)
+    threads = thread_count(request.options)
+    layers = int(hf.get("num_hidden_layers") or 0)
+    out = Path(request.output_dir)
+    scratch_root = Path(request.cache_dir)
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TQDM_DISABLE="1", PYTHONIOENCODING="utf-8")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    request.progress(f"Building the ONNX model ({request.precision}, target {target}) with onnxruntime-genai's builder", 0.0)
+    started = time.perf_counter()
+    tail: deque[str] = deque(maxlen=40)
+    with tempfile.TemporaryDirectory(prefix="builder-", dir=scratch_root) as scratch:
+        command = builder_command(request.source_dir, out, request.precision, target, Path(scratch), extra)
+        with open(out / LOG_NAME, "w", encoding="utf-8") as log:
+            log.write("$ " + " ".join(command) + "\n")
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, text=True, encoding="utf-8", errors="replace", bufsize=1)
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    tail.append(line)
+                    match = _LAYER.search(line)
+                    if match and layers:
+                        done = int(match.group(1)) + 1
+                        request.progress(f"Building layer {done}/{layers}", 0.9 * done / layers)
+                code = process.wait()
+            except BaseException:  # Ctrl-C or the core giving up: do not leave the builder running
+                process.kill()
+                process.wait()
+                raise
+    if code != 0:
+        reason = _failure(tail)
+        log_copy = Path(request.cache_dir) / "last-build-failure.log"
+        try:
+            shutil.copyfile(out / LOG_NAME, log_copy)
+        except OSError:
+            log_copy = out / LOG_NAME
+        if "not currently supported" in reason or "NotImplementedError" in reason:
+            raise InvalidModelError(f"onnxruntime-genai's model builder cannot build this model: {reason} (log: {log_copy})")
+        if reason.startswith("ValueError"):
+            raise InvalidConfigError(f"onnxruntime-genai's model builder refused the options: {reason} (log: {log_copy})")
+        raise BackendError(f"onnxruntime-genai's model builder failed: {reason} (log: {log_copy})")
+    if not (out / "genai_config.json").is_file():
+        raise BackendError(f"onnxruntime-genai's model builder wrote no genai_config.json (log: {out / LOG_NAME})")
+    seconds = time.perf_counter() - started
+    request.progress(f"Built in {seconds:.1f} s", 1.0)
+    info = aipc_backend_info()
+    versions = {"aipc-directml": __version__}
+    versions.update({k: v for k, v in info.runtime_versions.items() if v != "not installed"})
+    used = {"target": target, **extra}
+    return request.manifest(options=used, versions=versions)
