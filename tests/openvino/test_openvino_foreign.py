@@ -50,7 +50,9 @@ def test_cli_export_is_detected(cli_exports, weight_format):
 
     folder = cli_exports(weight_format)
     assert detect(folder) == weight_format
-    detected = aipc.plugins.registry().call("openvino", "aipc_detect_artifact", folder=folder)
+    from aipc.plugins import registry
+
+    detected = registry().call("openvino", "aipc_detect_artifact", folder=folder)
     assert weight_format in detected
 
 

@@ -44,7 +44,7 @@ class Server:
         command = [sys.executable, "-m", "aipc", "serve", "--host", HOST, "--port", str(self.port), *args]
         if api_key:
             command += ["--api-key", api_key]
-        self._log = open(log_path, "w")
+        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "NO_PROXY": "*", **(env or {})})
         self._wait_ready()

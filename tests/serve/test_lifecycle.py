@@ -7,9 +7,10 @@ The server gets an empty AIPC_HOME of its own, so its first request really quant
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
-from serve_support import running_server
+from serve_support import openai, running_server
 
 FIRST, SECOND = "tiny-phi3-seed0", "tiny-phi3-seed1"
 HI = [{"role": "user", "content": "hi"}]
@@ -68,9 +69,26 @@ def test_an_idle_model_is_unloaded_and_loads_again_from_the_cache(server):
     assert server.model_status(SECOND)["loads"] == 2 and quantized(server, SECOND) == 1
 
 
-def test_ctrl_c_stops_the_server_cleanly(server):
-    server.client().completions.create(model=FIRST, prompt="hi", max_tokens=2)  # something loaded
+def test_ctrl_c_answers_open_requests_503_and_stops_cleanly(server):
+    client = server.client()
+    client.completions.create(model=FIRST, prompt="hi", max_tokens=2)  # something loaded
+    outcome: list = []
+
+    def ask_long() -> None:  # "hi" runs for about 260 tokens, several seconds
+        try:
+            outcome.append(client.completions.create(model=FIRST, prompt="hi", max_tokens=1000))
+        except openai.APIStatusError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=ask_long)
+    thread.start()
+    server.wait_for(lambda h: h["models"][FIRST]["running"], what="the long request running")
+    started = time.monotonic()
     assert server.stop() == 0
+    assert time.monotonic() - started < 15
+    thread.join(timeout=30)
+    assert outcome and getattr(outcome[0], "status_code", None) == 503, outcome
+    assert outcome[0].code == "server_stopping"
     log = server.log()
     assert "server stopping" in log and "Traceback" not in log, log
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from serve_support import error_of, httpx, openai, running_server
@@ -38,6 +37,10 @@ def test_models_list_names_the_served_model(client, tiny_phi3):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].owned_by == "aipc"
+    assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve(str(tiny_phi3)).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
 
 
 def test_chat_completion(client):
@@ -198,7 +201,7 @@ def test_parallel_requests_complete_or_get_429(server, client):
 
     def one() -> None:
         try:
-            results.append(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=30))
+            results.append(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=50))
         except openai.RateLimitError as error:
             results.append(error)
 
@@ -228,10 +231,8 @@ def test_disconnect_mid_stream_stops_generation(server, client):
         if index == 2:
             break
     stream.close()
-    started = time.monotonic()
     status = server.wait_for(lambda h: h["models"][MODEL]["cancelled"] > before and not h["models"][MODEL]["running"],
                              timeout=10, what="the cancelled generation")["models"][MODEL]
-    assert time.monotonic() - started < 5
     assert status["last_finish_reason"] == "cancelled" and status["last_completion_tokens"] < 100
     assert "finish_reason=cancelled" in server.log()
 
