@@ -12,17 +12,20 @@ import time
 import pytest
 from serve_support import openai, running_server
 
-FIRST, SECOND = "tiny-phi3-seed0", "tiny-phi3-seed1"
+FIRST, SECOND = "tiny-a", "tiny-b"  # the tiny Phi-3 with seeds 0 and 1, served through links of these names
 HI = [{"role": "user", "content": "hi"}]
+LONG = {"ignore_eos": True}  # extra_body: run to max_tokens
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_phi3):
     from aipc.testing import tiny_phi3_cached
 
-    second = tiny_phi3_cached(seed=1)
+    links = tmp_path_factory.mktemp("models")
+    for name, folder in ((FIRST, tiny_phi3), (SECOND, tiny_phi3_cached(seed=1))):
+        (links / name).symlink_to(folder, target_is_directory=True)
     home = tmp_path_factory.mktemp("aipc-home")
-    with running_server(tmp_path_factory, "-m", str(tiny_phi3), "-m", str(second), "-b", "transformers",
+    with running_server(tmp_path_factory, "-m", str(links / FIRST), "-m", str(links / SECOND), "-b", "transformers",
                         "--keep-alive", "2", env={"AIPC_HOME": str(home)}) as server:
         yield server
 
@@ -41,7 +44,7 @@ def test_simultaneous_first_requests_quantize_and_load_once(server):
     answers: list = []
 
     def ask() -> None:
-        answers.append(client.chat.completions.create(model=SECOND, messages=HI, max_tokens=3))
+        answers.append(client.chat.completions.create(model=SECOND, messages=HI, max_tokens=3, extra_body=LONG))
 
     threads = [threading.Thread(target=ask) for _ in range(4)]
     for thread in threads:
@@ -57,14 +60,15 @@ def test_simultaneous_first_requests_quantize_and_load_once(server):
 
 def test_each_model_answers_with_its_own_weights(server):
     client = server.client()
-    texts = [client.completions.create(model=m, prompt="hi", max_tokens=8).choices[0].text for m in (FIRST, SECOND)]
+    texts = [client.completions.create(model=m, prompt="hi", max_tokens=8, extra_body=LONG).choices[0].text
+             for m in (FIRST, SECOND)]
     assert texts[0] != texts[1]
 
 
 def test_an_idle_model_is_unloaded_and_loads_again_from_the_cache(server):
     server.wait_for(lambda h: not any(s["loaded"] for s in h["models"].values()), timeout=15, what="unloading")
     assert f"{SECOND}: unloaded (idle for 2 s)" in server.log()
-    answer = server.client().chat.completions.create(model=SECOND, messages=HI, max_tokens=3)
+    answer = server.client().chat.completions.create(model=SECOND, messages=HI, max_tokens=3, extra_body=LONG)
     assert answer.usage.completion_tokens == 3
     assert server.model_status(SECOND)["loads"] == 2 and quantized(server, SECOND) == 1
 
@@ -74,9 +78,9 @@ def test_ctrl_c_answers_open_requests_503_and_stops_cleanly(server):
     client.completions.create(model=FIRST, prompt="hi", max_tokens=2)  # something loaded
     outcome: list = []
 
-    def ask_long() -> None:  # "hi" runs for about 260 tokens, several seconds
+    def ask_long() -> None:
         try:
-            outcome.append(client.completions.create(model=FIRST, prompt="hi", max_tokens=1000))
+            outcome.append(client.completions.create(model=FIRST, prompt="hi", max_tokens=2000, extra_body=LONG))
         except openai.APIStatusError as error:
             outcome.append(error)
 

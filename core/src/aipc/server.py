@@ -126,8 +126,9 @@ class _Request(_Strict):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # top_k and repetition_penalty: llama.cpp and vLLM take them too
+    top_k: int | None = Field(None, ge=0)  # top_k, repetition_penalty, ignore_eos: vLLM's extensions
     repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool | None = None  # as in vLLM: generate exactly max_tokens (benchmarks, tests)
     seed: int | None = Field(None, ge=0)
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1, le=1)
@@ -138,7 +139,8 @@ class _Request(_Strict):
         """GenerationConfig fields; None is left to the runtime's default."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "seed": self.seed, "stop": stop}
+                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "seed": self.seed, "stop": stop,
+                "ignore_eos": self.ignore_eos}
 
 
 class ChatRequest(_Request):
