@@ -34,10 +34,26 @@ def smollm2_like(tmp_path) -> Path:
 # ---------------------------------------------------------------- the recipe (no export needed)
 
 
-def test_int4_default_recipe_is_the_walkthroughs(tiny):
-    plan = plan_quantization("int4", "CPU", {}, tiny)
+@pytest.fixture
+def phi3_mini_like(tmp_path) -> Path:
+    """A folder with Phi-3-mini's config.json (hidden 3072, intermediate 8192)."""
+    config = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_int4_default_recipe_is_the_walkthroughs(phi3_mini_like):
+    plan = plan_quantization("int4", "CPU", {}, phi3_mini_like)
     assert (plan.sym, plan.group_size, plan.ratio) == (True, 128, 0.6)
-    assert not plan.notes  # tiny Phi-3: hidden 128, intermediate 256
+    assert not plan.notes and not plan.adjusted_group_sizes
+
+
+def test_small_models_get_group_size_32(tiny, smollm2_like):
+    for folder in (tiny, smollm2_like):  # hidden 128 and 576
+        plan = plan_quantization("int4", "CPU", {}, folder)
+        assert (plan.sym, plan.group_size, plan.ratio) == (True, 32, 0.6)
+        assert not plan.adjusted_group_sizes and any("small model" in n for n in plan.notes)
+    assert plan_quantization("int4", "NPU", {}, tiny).group_size == 128  # NPU keeps its documented settings
 
 
 def test_int4_options_override(tiny):
@@ -53,7 +69,7 @@ def test_npu_gets_npu_settings(tiny):
 
 
 def test_group_size_not_dividing_hidden_size_is_adjusted_with_a_warning(smollm2_like):
-    plan = plan_quantization("int4", "CPU", {}, smollm2_like)
+    plan = plan_quantization("int4", "CPU", {"group_size": "128"}, smollm2_like)
     assert plan.group_size == 128 and plan.group_size_fallback == "adjust"
     assert plan.adjusted_group_sizes == {"576": 64}
     assert any("576" in note and "64" in note for note in plan.notes)
@@ -62,7 +78,9 @@ def test_group_size_not_dividing_hidden_size_is_adjusted_with_a_warning(smollm2_
 
 def test_group_size_fallback_error_refuses_at_once(smollm2_like):
     with pytest.raises(InvalidConfigError, match="group_size=64"):
-        plan_quantization("int4", "CPU", {"group_size_fallback": "error"}, smollm2_like)
+        plan_quantization("int4", "CPU", {"group_size": "128", "group_size_fallback": "error"}, smollm2_like)
+    with pytest.raises(InvalidConfigError, match="group_size=64"):
+        plan_quantization("int4", "NPU", {"group_size_fallback": "error"}, smollm2_like)
     plan = plan_quantization("int4", "CPU", {"group_size": "64", "group_size_fallback": "error"}, smollm2_like)
     assert not plan.notes
 
@@ -143,8 +161,8 @@ def test_artifact_files_and_manifest(artifacts, tiny, precision):
     for name in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml",
                  "config.json", "tokenizer_config.json"):
         assert (folder / name).is_file(), f"{precision} artifact lacks {name}"
-    if precision == "int4":
-        assert (manifest.options["sym"], manifest.options["group_size"], manifest.options["ratio"]) == (True, 128, 0.6)
+    if precision == "int4":  # the tiny Phi-3 (hidden 128) is a small model: group 32
+        assert (manifest.options["sym"], manifest.options["group_size"], manifest.options["ratio"]) == (True, 32, 0.6)
     assert detect(folder) == precision, "the folder's own precision is not recognised from its files"
 
 

@@ -113,8 +113,9 @@ def parse_options(pairs: Sequence[str] | dict[str, Any] | None) -> dict[str, str
     return options
 
 
-def _choose(reg: Registry, backend: str | None, precision: str | None, device: str | None, need_present: bool):
-    """Pick the backend, device and precision, checking each against the backend's description."""
+def choose(reg: Registry, backend: str | None, precision: str | None, device: str | None, need_present: bool):
+    """Pick the backend, device and precision, checking each against the backend's description;
+    returns (backend, device name, precision) or raises the error the user needs to see."""
     chosen: Backend = reg.get(backend) if backend else reg.default()
     info = chosen.info
     if device:
@@ -174,7 +175,7 @@ def quantize(
 ) -> Path:
     """Make (or find in the cache) ``model``'s artifact for a backend; return its folder."""
     reg = registry()
-    chosen, device, precision = _choose(reg, backend, precision, device, need_present=False)
+    chosen, device, precision = choose(reg, backend, precision, device, need_present=False)
     options = parse_options(options)
     resolved = resolve(model, progress, _detector(reg))
     if resolved.hf_dir is None:
@@ -233,10 +234,10 @@ def load(
             raise InvalidConfigError(f"{model} is an artifact of backend {manifest.backend!r}, not {backend!r}")
         if precision and check_precision(precision) != manifest.precision:
             raise InvalidConfigError(f"{model} holds {manifest.precision}, not {precision}")
-        chosen, device, precision = _choose(reg, manifest.backend, manifest.precision, device or manifest.device, True)
+        chosen, device, precision = choose(reg, manifest.backend, manifest.precision, device or manifest.device, True)
         artifact = resolved.artifact_dir
     else:
-        chosen, device, precision = _choose(reg, backend, precision, device, need_present=True)
+        chosen, device, precision = choose(reg, backend, precision, device, need_present=True)
         artifact = _quantize_resolved(reg, chosen, resolved, precision, device, options, None, trust_remote_code, progress, False)
         manifest = Manifest.read(artifact)
     progress(f"Loading {resolved.name} ({precision}) on {chosen.name}/{device}")

@@ -1,7 +1,10 @@
 """``aipc serve``: an OpenAI-compatible HTTP server over any backend (FastAPI + uvicorn).
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both streaming with
-server-sent events or not), ``GET /v1/models`` and ``GET /health``.
+server-sent events or not), ``GET /v1/models[/ID]`` and ``GET /health`` (per model: loaded,
+running, waiting, loads, completed, cancelled, failed, rejected, the last finish_reason).
+Request fields beyond OpenAI's: ``top_k``, ``repetition_penalty`` and ``ignore_eos`` (as vLLM);
+other unknown fields are ignored, known ones are type-checked strictly.
 
 How it works:
 
@@ -17,8 +20,9 @@ How it works:
 - Backend, precision, device and ``-o`` options are server-wide (the CLI's); a client names
   a model by its id in ``/v1/models``: the ``--model`` text itself, or a path's last part.
 - Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for
-  malformed JSON, wrongly typed fields and invalid values, 401 for a missing or wrong key,
-  404 for an unknown model, 413 for a body over the limit, 429 when a queue is full.
+  malformed JSON, wrongly typed fields and invalid values, 401 for a missing or wrong key
+  (every path, /health too, when ``--api-key`` is set), 404 for an unknown model, 413 for a
+  body over 2 MiB, 429 when a queue is full, 503 for requests still open at Ctrl-C.
 
 This module imports FastAPI: only the ``serve`` command imports it.
 """
@@ -26,6 +30,7 @@ This module imports FastAPI: only the ``serve`` command imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -34,7 +39,6 @@ import queue
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -383,7 +387,7 @@ def create_app(model_names: tuple[str, ...], load_kwargs: dict[str, Any], api_ke
     slots: dict[str, ModelSlot] = {}
     created = int(time.time())
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         for model_id, name in ids.items():
             slots[model_id] = ModelSlot(model_id, name, load_kwargs, keep_alive, max_queue)
@@ -558,12 +562,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_names: tuple[str, ...
     import uvicorn
 
     from .plugins import registry
-    from .runtime import _choose, parse_options
+    from .runtime import choose, parse_options
 
     if max_queue < 0:
         raise InvalidConfigError(f"--max-queue must be >= 0, got {max_queue}")
     if backend or precision or device:  # fail now, not on the first request
-        _choose(registry(), backend, precision, device, need_present=True)
+        choose(registry(), backend, precision, device, need_present=True)
     load_kwargs = {"backend": backend, "precision": precision, "device": device, "options": parse_options(options),
                    "trust_remote_code": trust_remote_code}
     app = create_app(tuple(model_names), load_kwargs, api_key=api_key or None, keep_alive=keep_alive,
@@ -577,9 +581,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_names: tuple[str, ...
             super().handle_exit(sig, frame)
 
     server = Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
-        pass
     if not server.started:  # e.g. the port is taken: uvicorn said why
         raise SystemExit(1)
