@@ -155,10 +155,10 @@ def _detector(reg: Registry) -> Callable[[Path], dict[str, str]]:
 
 
 def artifact_path(backend: Backend, model: ResolvedModel, precision: str, device: str, options: dict[str, str]) -> Path:
-    """The cache folder for this (source, backend, precision, device, options) combination."""
+    """The cache folder for this (source, backend and its version, precision, device, options)."""
     relevant = {k: v for k, v in options.items() if k in backend.info.quantize_options}
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.name).name).strip("-")[:40] or "model"
-    digest = cache.key(model.fingerprint, relevant, precision, device)
+    digest = cache.key(model.fingerprint, relevant, precision, device, backend.info.version)
     return cache.home() / "artifacts" / backend.name / f"{slug}-{precision}-{device.lower()}-{digest}"
 
 
