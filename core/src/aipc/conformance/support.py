@@ -10,6 +10,12 @@ from aipc.types import GenerationConfig
 REFERENCE = "transformers"
 #: prompts for greedy comparisons; chat-templated, so every backend sees the same final text
 PROMPTS = ("Can you introduce yourself?", "What is the capital of France?", "Count from one to ten.", "Tell me a story.")
+#: for first-answer-token agreement of quantized models with the reference
+AGREEMENT_PROMPTS = PROMPTS + (
+    "What is 2 + 2?", "Name a primary color.", "What language is spoken in Spain?", "Write a haiku about the sea.",
+    "What is the largest planet in the solar system?", "Give me a synonym for happy.",
+)
+SYSTEM = "You are a helpful AI assistant."  # the walkthrough's system prompt
 
 
 class ModelPool:
@@ -25,8 +31,8 @@ class ModelPool:
         return self.models[key]
 
 
-def run_raw(model: aipc.Model, prompt: str, **settings) -> tuple[str, list[int], int]:
+def run_raw(model: aipc.Model, prompt: str, system: str | None = None, **settings) -> tuple[str, list[int], int]:
     """The backend's own stream for a chat-templated prompt: (text, ids, token count)."""
-    chunks = list(model.raw_stream(model.format_prompt(prompt), GenerationConfig(**settings)))
+    chunks = list(model.raw_stream(model.format_prompt(prompt, system), GenerationConfig(**settings)))
     ids = [i for c in chunks for i in c.ids]
     return "".join(c.text for c in chunks), ids, sum(c.tokens for c in chunks)

@@ -12,7 +12,9 @@ Measures:
 - int8/int4: exact tokens are not a fair measure (data-free weight compression changes the
   trajectory after a few tokens, while answers stay right), so they must (a) answer the real
   SmolLM2's capital-of-France question correctly and (b) pick the same first answer token as
-  the reference on at least 3 of 4 chat prompts: the most confident prediction must survive.
+  the reference on at least half of 10 chat prompts. A broken conversion (wrong scales or
+  layout) agrees on ~0; sound ones measured 6-9 of 10 here (DirectML int4 7, int8 9, the
+  example's PyTorch dynamic int8 6): SmolLM2-135M has many near-tied first tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shutil
 import pytest
 
 import aipc
-from aipc.conformance.support import PROMPTS, REFERENCE, run_raw
+from aipc.conformance.support import AGREEMENT_PROMPTS, PROMPTS, REFERENCE, SYSTEM, run_raw
 from aipc.errors import (
     AipcError,
     InvalidModelError,
@@ -32,7 +34,6 @@ from aipc.errors import (
 from aipc.types import PRECISIONS, BackendInfo, GenerationConfig, Manifest
 
 EXACT_TOKENS = 16
-SYSTEM = "You are a helpful AI assistant."
 
 
 # ------------------------------------------------------------------ description and artifacts
@@ -140,11 +141,12 @@ def test_first_answer_token_matches_reference(pool, smollm2, backend_name, preci
     model = pool.get(smollm2, backend_name, precision, device)
     reference = pool.get(smollm2, REFERENCE, "fp32")
     agreed = 0
-    for prompt in PROMPTS:
-        _, want, _ = run_raw(reference, prompt, max_new_tokens=1, ignore_eos=True)
-        _, got, _ = run_raw(model, prompt, max_new_tokens=1, ignore_eos=True)
+    for prompt in AGREEMENT_PROMPTS:
+        _, want, _ = run_raw(reference, prompt, SYSTEM, max_new_tokens=1, ignore_eos=True)
+        _, got, _ = run_raw(model, prompt, SYSTEM, max_new_tokens=1, ignore_eos=True)
         agreed += got[:1] == want[:1]
-    assert agreed >= 3, f"first answer token agrees with the reference on {agreed} of {len(PROMPTS)} prompts (need 3)"
+    need = len(AGREEMENT_PROMPTS) // 2
+    assert agreed >= need, f"first answer token agrees with the reference on {agreed} of {len(AGREEMENT_PROMPTS)} prompts (need {need})"
 
 
 @pytest.mark.real_model
