@@ -4,7 +4,6 @@ model, the working directory, tied embeddings, cancellation."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def test_each_model_has_its_own_worker_process(npu_models):
 
 
 def test_the_library_writes_into_the_cache_not_the_working_directory(npu_models):
-    model = npu_models(ENGINE, "int4")
+    npu_models(ENGINE, "int4")  # loaded (compiled, quantized) by now
     assert not Path("nc_workspace").exists() and not Path("cache", "models").exists()
     from aipc import cache
 

@@ -158,7 +158,8 @@ def artifact_path(backend: Backend, model: ResolvedModel, precision: str, device
     """The cache folder for this (source, backend and its version, precision, device, options)."""
     relevant = {k: v for k, v in options.items() if k in backend.info.quantize_options}
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.name).name).strip("-")[:40] or "model"
-    digest = cache.key(model.fingerprint, relevant, precision, device, backend.info.version)
+    digest = cache.key(model.fingerprint, relevant, precision, device, backend.info.version,
+                       backend.info.artifact_variant)
     return cache.home() / "artifacts" / backend.name / f"{slug}-{precision}-{device.lower()}-{digest}"
 
 

@@ -65,7 +65,24 @@ def make_tiny_phi3(folder: Path, seed: int = 0) -> Path:
     )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    _readable_by_older_transformers(folder)
     return folder
+
+
+def _readable_by_older_transformers(folder: Path) -> None:
+    """transformers 5 writes a tokenizer class and rope keys that 4.4x (the NPU library's pin)
+    cannot read; add the older spellings beside them."""
+    import json
+
+    path = folder / "tokenizer_config.json"
+    settings = json.loads(path.read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    settings.setdefault("chat_template", (folder / "chat_template.jinja").read_text())
+    path.write_text(json.dumps(settings, indent=2))
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.setdefault("rope_theta", config.get("rope_parameters", {}).get("rope_theta", 10000.0))
+    path.write_text(json.dumps(config, indent=2))
 
 
 def tiny_phi3_cached(seed: int = 0) -> Path:
@@ -73,7 +90,7 @@ def tiny_phi3_cached(seed: int = 0) -> Path:
     from . import cache
     from .sources import is_hf_folder
 
-    folder = cache.area("sources") / f"tiny-phi3-v2-seed{seed}"
+    folder = cache.area("sources") / f"tiny-phi3-v3-seed{seed}"
     if not is_hf_folder(folder):
         with cache.atomic_dir(folder) as tmp:
             make_tiny_phi3(tmp, seed)

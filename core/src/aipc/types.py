@@ -71,6 +71,7 @@ class BackendInfo:
     runtime_versions: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)  # -o KEY=VALUE the backend accepts: help
     quantize_options: tuple[str, ...] = ()  # the options that change the artifact (cache key)
+    artifact_variant: str = ""  # set from the environment (e.g. an engine); part of the cache key
 
     @property
     def precisions(self) -> tuple[str, ...]:

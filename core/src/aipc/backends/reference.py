@@ -76,13 +76,21 @@ def aipc_load(request):
     folder = str(request.artifact_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=request.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=request.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=request.trust_remote_code,
+                                                     **{dtype_argument(): dtype})
     except Exception as error:  # transformers raises OSError, ValueError, safetensors errors...
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InvalidModelError(f"cannot load {folder}: {first[:200]}") from None
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None)
     return LoadedModel(runtime=(model, tokenizer), context_length=context)
+
+
+def dtype_argument() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56; older ones (the NPU library's
+    4.47) reject ``dtype``."""
+    major, minor = (int(part) for part in _version("transformers").split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 @hookimpl

@@ -1,0 +1,140 @@
+"""Streaming glue between aipc and OpenVINO GenAI's ``LLMPipeline`` (any device).
+
+Self-contained on purpose (imports only aipc and openvino_genai, lazily): the OpenVINO plugin
+has the same glue and the two are meant to be folded into one shared module later. Nothing here
+is NPU-specific; the NPU's limits are checked by :mod:`aipc_npu.genai_engine` before it calls in.
+
+- :func:`generation_config`: an ``openvino_genai.GenerationConfig`` with every field set from
+  aipc's config, so the model's own ``generation_config.json`` cannot change what the user asked;
+  the prompt arrives templated, so ``apply_chat_template`` is off and the prompt is tokenized
+  with ``add_special_tokens=False`` (no second BOS).
+- :func:`stream`: runs ``generate`` in a thread and yields :class:`aipc.types.Chunk` per token;
+  closing the iterator makes the streamer return ``StreamingStatus.CANCEL``, which stops the
+  runtime at its next token, and waits for it.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from typing import Any, Callable, Iterator
+
+from aipc.errors import BackendError
+from aipc.streaming import IncrementalDecoder
+from aipc.types import Chunk, GenerationConfig
+
+
+def first_line(error: BaseException) -> str:
+    """OpenVINO's messages nest "Exception from src/...cpp:NN:" lines; the last one says why."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith("Exception from ")]
+    return ((meaningful or lines)[-1] if lines else type(error).__name__)[:300]
+
+
+def eos_ids(pipe) -> tuple[int | None, set[int]]:
+    """The model's eos id and every id that ends generation (generation_config.json's list)."""
+    base = pipe.get_generation_config()
+    eos = int(base.eos_token_id) if base.eos_token_id is not None and base.eos_token_id >= 0 else None
+    ids = {int(i) for i in (base.stop_token_ids or ())}
+    if eos is not None:
+        ids.add(eos)
+    return eos, ids
+
+
+def generation_config(config: GenerationConfig, eos: tuple[int | None, set[int]], max_new_tokens: int | None = None,
+                      native_stop_strings: bool = True):
+    """``eos`` is what :func:`eos_ids` returns for the pipeline. With ``native_stop_strings``
+    False the runtime is not told the stop strings: the core finds them in the streamed text and
+    closes the stream, which cancels the runtime."""
+    import openvino_genai
+
+    gc = openvino_genai.GenerationConfig()
+    eos_id, stop_ids = eos
+    if eos_id is not None:
+        gc.eos_token_id = eos_id
+    if stop_ids:
+        gc.stop_token_ids = set(stop_ids)
+    gc.max_new_tokens = max_new_tokens or config.max_new_tokens
+    gc.ignore_eos = config.ignore_eos
+    gc.apply_chat_template = False
+    gc.repetition_penalty = config.repetition_penalty
+    gc.num_beams = 1
+    if config.stop and native_stop_strings:
+        gc.stop_strings = set(config.stop)
+        # stream the stop string too: the core cuts the text there; without it the runtime drops
+        # tokens it may already have streamed in part
+        gc.include_stop_str_in_output = True
+    if config.sampling:
+        gc.do_sample = True
+        gc.temperature = config.temperature
+        gc.top_p = config.top_p
+        if config.top_k:
+            gc.top_k = config.top_k
+        gc.rng_seed = config.seed if config.seed is not None else random.randrange(1 << 31)
+    else:
+        gc.do_sample = False
+    return gc
+
+
+def _streamer(tokens: queue.Queue, cancel: threading.Event):
+    import openvino_genai
+
+    class TokenQueue(openvino_genai.StreamerBase):
+        def write(self, token):
+            ids = [int(token)] if isinstance(token, int) else [int(t) for t in token]
+            tokens.put(ids)
+            if cancel.is_set():
+                return openvino_genai.StreamingStatus.CANCEL
+            return openvino_genai.StreamingStatus.RUNNING
+
+        def end(self):
+            pass
+
+    return TokenQueue()
+
+
+def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, lock: threading.Lock | None = None,
+           on_done: Callable[[Any], None] | None = None, map_error: Callable[[BaseException], BaseException] | None = None,
+           thread_name: str = "aipc-genai-generate") -> Iterator[Chunk]:
+    """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``) in a thread; yield a
+    Chunk per token. ``on_done(result)`` gets the result (perf metrics); ``map_error`` turns the
+    runtime's errors into aipc errors."""
+    tokens: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    failure: list[BaseException] = []
+    done = object()
+
+    def work() -> None:
+        try:
+            if lock is not None:
+                with lock:
+                    result = run(_streamer(tokens, cancel))
+            else:
+                result = run(_streamer(tokens, cancel))
+            if on_done is not None:
+                on_done(result)
+        except BaseException as error:  # handed to the consumer
+            failure.append(error)
+        finally:
+            tokens.put(done)
+
+    thread = threading.Thread(target=work, name=thread_name, daemon=True)
+    thread.start()
+    decoder = IncrementalDecoder(decode)
+    try:
+        while (ids := tokens.get()) is not done:
+            yield Chunk(decoder.add(ids), tokens=len(ids), ids=tuple(ids))
+        rest = decoder.flush() if hasattr(decoder, "flush") else ""
+        if rest:  # text held back for an incomplete character
+            yield Chunk(rest, tokens=0, ids=())
+        if failure:
+            error = failure[0]
+            if map_error is not None:
+                raise map_error(error) from None
+            if isinstance(error, RuntimeError):
+                raise BackendError(f"OpenVINO GenAI generation failed: {first_line(error)}") from None
+            raise error
+    finally:
+        cancel.set()
+        thread.join()
