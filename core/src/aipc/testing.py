@@ -77,7 +77,8 @@ def _readable_by_older_transformers(folder: Path) -> None:
     path = folder / "tokenizer_config.json"
     settings = json.loads(path.read_text())
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-    settings.setdefault("chat_template", (folder / "chat_template.jinja").read_text())
+    if (folder / "chat_template.jinja").exists():  # transformers 5 stores it beside the config
+        settings.setdefault("chat_template", (folder / "chat_template.jinja").read_text())
     path.write_text(json.dumps(settings, indent=2))
     path = folder / "config.json"
     config = json.loads(path.read_text())
