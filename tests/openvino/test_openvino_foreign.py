@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import aipc
-from aipc.cache import area
+from aipc.cache import area, fingerprint
 
 
 def optimum_cli() -> str:
@@ -29,7 +29,7 @@ def cli_exports(tiny):
     def get(weight_format: str) -> Path:
         if weight_format in made:
             return made[weight_format]
-        out = area("test-exports") / f"tiny-phi3-optimum-cli-{weight_format}"
+        out = area("test-exports") / f"{tiny.name}-{fingerprint(tiny)}-optimum-cli-{weight_format}"
         if not (out / "openvino_detokenizer.xml").is_file():
             command = [optimum_cli(), "export", "openvino", "--model", str(tiny), "--task", "text-generation-with-past",
                        "--weight-format", weight_format]

@@ -15,16 +15,18 @@ from aipc.types import GenerationConfig
 PROMPTS = ("Can you introduce yourself?", "Count from one to ten.")
 
 
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
-def test_greedy_tokens_equal_the_reference(models, reference, stream_raw, precision):
-    """fp32/fp16 compute in f32 on CPU (INFERENCE_PRECISION_HINT), so they follow the reference."""
+def test_greedy_tokens_equal_the_reference(models, reference, stream_raw):
+    """fp32 computes in f32 on CPU (INFERENCE_PRECISION_HINT), so it follows the reference. (fp16's
+    rounded weights flip near-ties of the random tiny model; fp16 is compared on SmolLM2.)"""
+    precision = "fp32"
     model = models(precision)
     assert model.loaded.extra["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert models("fp16").loaded.extra["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     for prompt in PROMPTS:
         _, want, _ = stream_raw(reference, prompt, max_new_tokens=24, ignore_eos=True)
         _, got, count = stream_raw(model, prompt, max_new_tokens=24, ignore_eos=True)
         assert count == 24
-        assert got == want, f"{precision} {prompt!r}: first difference at {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)}"
+        assert got == want, f"{precision} {prompt!r}: {got} vs the reference's {want}"
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
@@ -162,3 +164,15 @@ def test_second_load_uses_the_compile_cache(artifacts, python_run, tmp_path):
     assert any(tmp_path.iterdir()), "OpenVINO wrote nothing into CACHE_DIR"
     second = python_run(code)
     assert second.returncode == 0, second.stderr[-2000:]
+    # the cached load must not be slower than compiling (it is ~3x faster on SmolLM2; the tiny
+    # model compiles in no time, so only a gross regression is caught here)
+    assert float(second.stdout.split()[-1]) < float(first.stdout.split()[-1]) * 1.5 + 0.5
+
+
+@pytest.mark.parametrize("backend", ["SDPA", "PA"])
+def test_both_attention_backends_follow_the_reference(tiny, reference, stream_raw, backend):
+    model = aipc.load(str(tiny), backend="openvino", precision="fp32", options={"ATTENTION_BACKEND": backend})
+    assert model.loaded.extra["config"]["ATTENTION_BACKEND"] == backend
+    _, want, _ = stream_raw(reference, "Can you introduce yourself?", max_new_tokens=16, ignore_eos=True)
+    _, got, _ = stream_raw(model, "Can you introduce yourself?", max_new_tokens=16, ignore_eos=True)
+    assert got == want

@@ -34,7 +34,8 @@ def test_info_imports_no_runtime(python_run):
         "import aipc_openvino.plugin as p\n"
         "info = p.aipc_backend_info()\n"
         "took = time.perf_counter() - t\n"
-        "heavy = [m for m in ('openvino', 'openvino_genai', 'openvino_tokenizers', 'optimum', 'nncf', 'transformers', 'torch') if m in sys.modules]\n"
+        "runtimes = ('openvino', 'openvino_genai', 'openvino_tokenizers', 'optimum', 'nncf', 'transformers', 'torch')\n"
+        "heavy = [m for m in runtimes if m in sys.modules]\n"
         "print(heavy, took)\n"
     )
     done = python_run(code)

@@ -103,11 +103,15 @@ def test_bad_options_are_refused(tiny, precision, options, message):
 def test_runtime_config_defaults_and_pass_through(tmp_path, monkeypatch):
     monkeypatch.delenv("AIPC_NUM_THREADS", raising=False)
     config = runtime_config({"threads": "1", "KV_CACHE_PRECISION": "u8"}, "CPU", tmp_path, "int4")
-    assert config == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "CACHE_DIR": str(tmp_path),
-                      "INFERENCE_NUM_THREADS": 1, "KV_CACHE_PRECISION": "u8"}
+    assert config == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "ATTENTION_BACKEND": "SDPA",
+                      "CACHE_DIR": str(tmp_path), "INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32",
+                      "KV_CACHE_PRECISION": "u8"}
+    assert runtime_config({"ATTENTION_BACKEND": "PA"}, "CPU", tmp_path, "int4")["ATTENTION_BACKEND"] == "PA"
+    assert "ATTENTION_BACKEND" not in runtime_config({}, "NPU", tmp_path, "int4")
     monkeypatch.setenv("AIPC_NUM_THREADS", "2")
     assert runtime_config({}, "CPU", tmp_path, "int4")["INFERENCE_NUM_THREADS"] == 2
     assert runtime_config({}, "CPU", tmp_path, "fp16")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "INFERENCE_PRECISION_HINT" not in runtime_config({}, "GPU", tmp_path, "fp16")  # GPUs compute in f16
     assert runtime_config({"INFERENCE_PRECISION_HINT": "bf16"}, "CPU", tmp_path, "fp16")["INFERENCE_PRECISION_HINT"] == "bf16"
     assert "CACHE_DIR" not in runtime_config({"cache": "off"}, "CPU", tmp_path, "int4")
     with pytest.raises(InvalidConfigError):

@@ -41,7 +41,21 @@ def test_int4_first_answer_tokens_follow_the_reference(smollm2, smol_int4, strea
 def test_fp16_follows_the_reference(smollm2, stream_raw):
     model = aipc.load(str(smollm2), backend="openvino", precision="fp16", device="CPU")
     reference = aipc.load(str(smollm2), backend="transformers", precision="fp32")
-    _, want, _ = stream_raw(reference, "Tell me a story.", max_new_tokens=32, ignore_eos=True)
-    _, got, _ = stream_raw(model, "Tell me a story.", max_new_tokens=32, ignore_eos=True)
-    assert got == want
+    for prompt in ("Tell me a story.", "What is the capital of France?"):
+        # ignore_eos must make EOS impossible, as the reference does (not generate it and go on)
+        _, want, _ = stream_raw(reference, prompt, max_new_tokens=32, ignore_eos=True)
+        _, got, _ = stream_raw(model, prompt, max_new_tokens=32, ignore_eos=True)
+        assert got == want, prompt
     assert "Paris" in model.complete("What is the capital of France?", max_new_tokens=24)
+
+
+def test_aipc_run_answers_paris(smollm2, smol_int4, cli_run):
+    """The command line, default precision (int4) of this backend; the artifact is the cached one."""
+    done = cli_run("run", "--backend", "openvino", str(smollm2), "What is the capital of France?", "--json",
+                   "-o", "threads=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert (result["backend"], result["precision"]) == ("openvino", "int4")
+    assert "Paris" in result["text"], result["text"]

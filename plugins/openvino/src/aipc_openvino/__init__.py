@@ -1,0 +1,7 @@
+"""aipc-openvino: the OpenVINO backend of aipc (``aipc run --backend openvino``).
+
+Quantizes with optimum-intel + NNCF and generates with openvino-genai's LLMPipeline. The hooks
+live in :mod:`aipc_openvino.plugin`; importing this package imports no runtime.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,140 @@
+"""The ``openvino`` backend's hooks (entry point ``aipc_openvino.plugin``).
+
+Importing this module is cheap: the runtimes (openvino, openvino_genai, optimum-intel, nncf,
+transformers) are imported inside the hook bodies that need them, through
+:mod:`aipc_openvino.export` (quantize) and :mod:`aipc_openvino.runtime` (load/generate).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterator
+
+from aipc import hookimpl
+from aipc.errors import UnsupportedDeviceError, UnsupportedPrecisionError
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+
+from . import __version__, devices
+from .options import HELP, QUANTIZE_OPTIONS
+
+NAME = "openvino"
+DEVICES = ("CPU", "GPU", "GPU.0", "NPU", "AUTO")
+
+
+@lru_cache(maxsize=1)
+def _runtime_versions() -> dict[str, str]:
+    found = {}
+    for name in ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "nncf"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@hookimpl
+def aipc_backend_info() -> BackendInfo:
+    probed = devices.probe()
+    listed = []
+    for name in DEVICES:
+        present, reason = probed[name]
+        precisions = devices.NPU_PRECISIONS if name == "NPU" else devices.PRECISIONS
+        listed.append(Device(name, precisions, present=present, reason=reason, accelerator=name.startswith(("GPU", "NPU"))))
+    return BackendInfo(
+        name=NAME,
+        version=__version__,
+        description="OpenVINO: optimum-intel + NNCF weight compression, openvino-genai LLMPipeline (CPU, Intel GPU, NPU)",
+        devices=tuple(listed),
+        default_precision="int4",
+        capabilities=Capabilities(
+            streaming=True, native_stop_strings=True, sampling=True, seed_determinism=True,
+            repetition_penalty=True, exact_precisions=("fp32", "fp16"),
+        ),
+        priority=20,
+        runtime_versions=_runtime_versions(),
+        options=dict(HELP),
+        quantize_options=tuple(QUANTIZE_OPTIONS),
+    )
+
+
+def _check_target(precision: str, device: str) -> None:
+    info = aipc_backend_info()
+    dev = info.device(device)
+    if dev is None:
+        raise UnsupportedDeviceError(f"OpenVINO has no device {device!r} (it knows: {', '.join(DEVICES)})")
+    if precision not in dev.precisions:
+        raise UnsupportedPrecisionError(f"OpenVINO has no {precision} on {dev.name} (it has: {', '.join(dev.precisions)})")
+
+
+@hookimpl
+def aipc_quantize(request):
+    from .options import plan_quantization
+
+    _check_target(request.precision, request.device)
+    plan = plan_quantization(request.precision, request.device, dict(request.options), Path(request.source_dir))
+    for note in plan.notes:
+        request.progress(note)
+    from . import export
+
+    figures = export.export(request.source_dir, request.output_dir, plan, request.trust_remote_code, request.progress)
+    options = plan.record()
+    options["quantize_seconds"] = figures["total_s"]
+    return request.manifest(options=options, versions=export.runtime_versions())
+
+
+@hookimpl
+def aipc_load(request):
+    from aipc.runtime import LoadedModel
+
+    from .options import runtime_config
+    from .runtime import Pipeline, context_length
+
+    device = request.device or "CPU"
+    _check_target(request.manifest.precision, device)
+    config = runtime_config(dict(request.options), device, request.cache_dir, request.manifest.precision)
+    pipeline = Pipeline(Path(request.artifact_dir), device, config)
+    return LoadedModel(runtime=pipeline, context_length=context_length(request.artifact_dir),
+                       extra={"config": config, "device": device})
+
+
+@hookimpl
+def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
+    from .runtime import generate
+
+    return generate(model, prompt, config)
+
+
+@hookimpl
+def aipc_tokenize(model, text: str) -> list[int]:
+    return model.runtime.tokenize(text)
+
+
+@hookimpl
+def aipc_detect_artifact(folder: Path) -> str | None:
+    from .runtime import detect
+
+    return detect(folder)
+
+
+@hookimpl
+def aipc_register_commands(cli) -> None:
+    import click
+
+    @cli.group(name="openvino")
+    def group() -> None:
+        """OpenVINO backend tools."""
+
+    @group.command(name="devices")
+    def devices_command() -> None:
+        """Ask OpenVINO itself which devices it can open (imports openvino; slower than `aipc backends`)."""
+        from .runtime import _device_error
+
+        import openvino
+
+        core = openvino.Core()
+        click.echo(f"OpenVINO {openvino.__version__}; available: {', '.join(core.available_devices) or 'none'}")
+        for name in ("CPU", "GPU", "NPU"):
+            reason = _device_error(name)
+            click.echo(f"  {name}: {'present' if not reason else 'absent: ' + reason}")
