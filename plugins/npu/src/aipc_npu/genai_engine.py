@@ -215,8 +215,7 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
         loaded.extra["perf"] = pipeline.perf
 
     return genai_stream.stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer),
-                               pipeline.decode, lock=pipeline.lock, on_done=done, map_error=_map_error,
-                               thread_name="aipc-npu-generate")
+                               pipeline.decode, lock=pipeline.lock, on_done=done, map_error=_map_error)
 
 
 def detect(folder: Path) -> str | None:

@@ -15,13 +15,13 @@ is NPU-specific; the NPU's limits are checked by :mod:`aipc_npu.genai_engine` be
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import random
 import threading
 from typing import Any, Callable, Iterator
 
 from aipc.errors import BackendError
-from aipc.streaming import IncrementalDecoder
+from aipc.streaming import threaded_stream
 from aipc.types import Chunk, GenerationConfig
 
 
@@ -77,64 +77,34 @@ def generation_config(config: GenerationConfig, eos: tuple[int | None, set[int]]
     return gc
 
 
-def _streamer(tokens: queue.Queue, cancel: threading.Event):
-    import openvino_genai
-
-    class TokenQueue(openvino_genai.StreamerBase):
-        def write(self, token):
-            ids = [int(token)] if isinstance(token, int) else [int(t) for t in token]
-            tokens.put(ids)
-            if cancel.is_set():
-                return openvino_genai.StreamingStatus.CANCEL
-            return openvino_genai.StreamingStatus.RUNNING
-
-        def end(self):
-            pass
-
-    return TokenQueue()
-
-
 def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, lock: threading.Lock | None = None,
            on_done: Callable[[Any], None] | None = None, map_error: Callable[[BaseException], BaseException] | None = None,
-           thread_name: str = "aipc-genai-generate") -> Iterator[Chunk]:
-    """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``) in a thread; yield a
-    Chunk per token. ``on_done(result)`` gets the result (perf metrics); ``map_error`` turns the
-    runtime's errors into aipc errors."""
-    tokens: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-    failure: list[BaseException] = []
-    done = object()
+           ) -> Iterator[Chunk]:
+    """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``) in the core's
+    threaded_stream; the streamer returns CANCEL once the consumer has closed the stream.
+    ``on_done(result)`` gets the result (perf metrics); ``map_error`` turns the runtime's errors
+    into aipc errors."""
+    import openvino_genai
 
-    def work() -> None:
-        try:
-            if lock is not None:
-                with lock:
-                    result = run(_streamer(tokens, cancel))
-            else:
-                result = run(_streamer(tokens, cancel))
-            if on_done is not None:
-                on_done(result)
-        except BaseException as error:  # handed to the consumer
-            failure.append(error)
-        finally:
-            tokens.put(done)
+    def work(emit) -> None:
+        class Streamer(openvino_genai.StreamerBase):
+            def write(self, token):
+                going = emit([token] if isinstance(token, int) else token)
+                return openvino_genai.StreamingStatus.RUNNING if going else openvino_genai.StreamingStatus.CANCEL
 
-    thread = threading.Thread(target=work, name=thread_name, daemon=True)
-    thread.start()
-    decoder = IncrementalDecoder(decode)
-    try:
-        while (ids := tokens.get()) is not done:
-            yield Chunk(decoder.add(ids), tokens=len(ids), ids=tuple(ids))
-        rest = decoder.flush() if hasattr(decoder, "flush") else ""
-        if rest:  # text held back for an incomplete character
-            yield Chunk(rest, tokens=0, ids=())
-        if failure:
-            error = failure[0]
-            if map_error is not None:
-                raise map_error(error) from None
-            if isinstance(error, RuntimeError):
-                raise BackendError(f"OpenVINO GenAI generation failed: {first_line(error)}") from None
-            raise error
-    finally:
-        cancel.set()
-        thread.join()
+            def end(self):
+                pass
+
+        with lock if lock is not None else contextlib.nullcontext():
+            result = run(Streamer())
+        if on_done is not None:
+            on_done(result)
+
+    def translate(error: BaseException) -> BaseException:
+        if map_error is not None:
+            return map_error(error)
+        if isinstance(error, RuntimeError):
+            return BackendError(f"OpenVINO GenAI generation failed: {first_line(error)}")
+        return error
+
+    return threaded_stream(work, decode, translate)

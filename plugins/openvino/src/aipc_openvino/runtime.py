@@ -14,13 +14,13 @@ token ids, so LLMPipeline neither applies the chat template again nor adds a sec
 from __future__ import annotations
 
 import json
-import queue
 import random
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from aipc.errors import BackendError, BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
+from aipc.streaming import threaded_stream
 from aipc.types import Chunk, GenerationConfig
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
@@ -153,61 +153,6 @@ class Pipeline:
         return gc
 
 
-class _Streamer:
-    """Builds an ``openvino_genai.StreamerBase`` that hands token ids to the consumer thread
-    and asks the runtime to stop (``StreamingStatus.CANCEL``) once the consumer is gone."""
-
-    def __new__(cls, tokens: queue.Queue, cancel: threading.Event):
-        import openvino_genai
-
-        class TokenQueue(openvino_genai.StreamerBase):
-            def write(self, token):
-                ids = [int(token)] if isinstance(token, int) else [int(t) for t in token]
-                tokens.put(ids)
-                if cancel.is_set():
-                    return openvino_genai.StreamingStatus.CANCEL
-                return openvino_genai.StreamingStatus.RUNNING
-
-            def end(self):
-                pass
-
-        return TokenQueue()
-
-
-class _Detokenizer:
-    """Token ids -> text pieces, decoding a short window rather than the whole output.
-
-    The text of the ids after ``prefix`` is decoded with and without the newest ids; the
-    difference is the new text. Starting the window a few tokens back keeps tokenizers that
-    strip a leading space from the first token honest. A piece ending in an incomplete UTF-8
-    sequence (U+FFFD) waits for the next token.
-    """
-
-    def __init__(self, decode) -> None:
-        self.decode = decode
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-
-    def add(self, ids: list[int]) -> str:
-        self.ids.extend(ids)
-        before = self.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
-        after = self.decode(self.ids[self.prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""
-        piece = after[len(before):]
-        self.prefix, self.read = self.read, len(self.ids)
-        return piece
-
-    def flush(self) -> str:
-        if self.read >= len(self.ids):
-            return ""
-        before = self.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
-        after = self.decode(self.ids[self.prefix:])
-        self.read = len(self.ids)
-        return after[len(before):] if len(after) > len(before) else ""
-
-
 def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     """Run LLMPipeline.generate in a thread; yield Chunks as token ids arrive."""
     pipeline: Pipeline = loaded.runtime
@@ -225,49 +170,35 @@ def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
 
 
 def _stream(pipeline: Pipeline, loaded, inputs, gen_config) -> Iterator[Chunk]:
-    tokens: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-    failure: list[BaseException] = []
-    done = object()
+    """LLMPipeline.generate blocks: the core's threaded_stream runs it in a thread, and the
+    streamer returns CANCEL once the consumer has closed the stream."""
+    import openvino_genai
 
-    def work() -> None:
-        try:
-            with pipeline.lock:
-                result = pipeline.pipe.generate(inputs, gen_config, _Streamer(tokens, cancel))
-            metrics = result.perf_metrics
-            pipeline.perf = {
-                "ttft_ms": metrics.get_ttft().mean, "tpot_ms": metrics.get_tpot().mean,
-                "throughput_tok_s": metrics.get_throughput().mean,
-                "generated_tokens": metrics.get_num_generated_tokens(), "input_tokens": metrics.get_num_input_tokens(),
-            }
-            loaded.extra["perf"] = pipeline.perf
-        except BaseException as error:  # handed to the consumer below
-            failure.append(error)
-        finally:
-            tokens.put(done)
+    def run(emit) -> None:
+        class Streamer(openvino_genai.StreamerBase):
+            def write(self, token):
+                going = emit([token] if isinstance(token, int) else token)
+                return openvino_genai.StreamingStatus.RUNNING if going else openvino_genai.StreamingStatus.CANCEL
 
-    thread = threading.Thread(target=work, name="aipc-openvino-generate", daemon=True)
-    thread.start()
-    detok = _Detokenizer(pipeline.decode)
-    try:
-        pending: list[int] = []  # ids whose text is held back (an incomplete UTF-8 sequence)
-        while (ids := tokens.get()) is not done:
-            pending.extend(ids)
-            piece = detok.add(ids)
-            if piece:
-                yield Chunk(piece, tokens=len(pending), ids=tuple(pending))
-                pending = []
-        rest = detok.flush()
-        if rest or pending:
-            yield Chunk(rest, tokens=len(pending), ids=tuple(pending))
-        if failure:
-            error = failure[0]
-            if isinstance(error, RuntimeError):
-                raise BackendError(f"OpenVINO generation failed: {_first_line(error)}") from None
-            raise error
-    finally:
-        cancel.set()
-        thread.join()
+            def end(self):
+                pass
+
+        with pipeline.lock:
+            result = pipeline.pipe.generate(inputs, gen_config, Streamer())
+        metrics = result.perf_metrics
+        pipeline.perf = {
+            "ttft_ms": metrics.get_ttft().mean, "tpot_ms": metrics.get_tpot().mean,
+            "throughput_tok_s": metrics.get_throughput().mean,
+            "generated_tokens": metrics.get_num_generated_tokens(), "input_tokens": metrics.get_num_input_tokens(),
+        }
+        loaded.extra["perf"] = pipeline.perf
+
+    def translate(error: BaseException) -> BaseException:
+        if isinstance(error, RuntimeError):
+            return BackendError(f"OpenVINO generation failed: {_first_line(error)}")
+        return error
+
+    return threaded_stream(run, pipeline.decode, translate)
 
 
 def detect(folder: Path) -> str | None:
