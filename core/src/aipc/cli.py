@@ -355,6 +355,11 @@ def bench(model_name, backends_, precisions, device, options, prompt_tokens, new
     from .sources import DEFAULT_MODEL
     from .types import check_precision
 
+    if plot_file:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.ClickException("--plot needs matplotlib: pip install 'aipc[bench]'") from None
     combos, notes = benchmark.combinations(backends_, tuple(check_precision(p) for p in precisions), device)
     for note in notes:
         click.echo(note, err=True)
