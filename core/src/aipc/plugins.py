@@ -36,6 +36,20 @@ class Backend:
         return self.info is not None
 
 
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of distributions (``"not installed"`` where absent), read from package
+    metadata without importing them: for ``BackendInfo.runtime_versions`` and manifests."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def _names_from_env(variable: str) -> set[str] | None:
     value = os.environ.get(variable)
     if value is None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
 from aipc import __version__, hookimpl
+from aipc.plugins import package_versions
 from aipc.errors import InvalidModelError, UnsupportedPrecisionError
 from aipc.streaming import threaded_stream
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
@@ -24,10 +24,7 @@ MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja"
 
 
 def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
+    return package_versions(package)[package]
 
 
 @hookimpl

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from aipc import errors
+from aipc.plugins import package_versions
 from aipc.errors import BackendError, BackendUnavailableError, InvalidModelError, PromptTooLongError
 from aipc.streaming import IncrementalDecoder
 from aipc.types import Chunk, GenerationConfig
@@ -48,15 +49,7 @@ _workers: "weakref.WeakSet[LibraryModel]" = weakref.WeakSet()
 
 
 def runtime_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in RUNTIMES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return package_versions(*RUNTIMES)
 
 
 # ------------------------------------------------------------------ artifact

@@ -23,10 +23,10 @@ import os
 import shutil
 import time
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
+from aipc.plugins import package_versions
 from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError
 
 IR_FILES = ("openvino_model.xml", "openvino_model.bin")
@@ -38,13 +38,7 @@ RUNTIMES = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel"
 
 
 def runtime_versions(names=RUNTIMES) -> dict[str, str]:
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return package_versions(*names)
 
 
 def first_line(error: BaseException) -> str:

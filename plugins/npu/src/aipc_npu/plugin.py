@@ -11,11 +11,11 @@ manifest.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
 from aipc import hookimpl
+from aipc.plugins import package_versions
 from aipc.errors import BackendUnavailableError, InvalidConfigError, UnsupportedDeviceError, UnsupportedPrecisionError
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
@@ -29,13 +29,7 @@ DEVICES = (NPU, EMULATED, AUTO)
 def _versions(engine: str) -> dict[str, str]:
     names = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "nncf") if engine == "openvino" \
         else ("intel-npu-acceleration-library", "torch", "transformers", "neural-compressor")
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return package_versions(*names)
 
 
 def _device(name: str, precisions, present: bool, reason: str) -> Device:

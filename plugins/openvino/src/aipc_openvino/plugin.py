@@ -8,11 +8,11 @@ transformers) are imported inside the hook bodies that need them, through
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
 from aipc import hookimpl
+from aipc.plugins import package_versions
 from aipc.errors import UnsupportedDeviceError, UnsupportedPrecisionError
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
@@ -25,13 +25,7 @@ DEVICES = ("CPU", "GPU", "GPU.0", "NPU", "AUTO")
 
 @lru_cache(maxsize=1)
 def _runtime_versions() -> dict[str, str]:
-    found = {}
-    for name in ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "nncf"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return package_versions("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "nncf")
 
 
 @hookimpl
