@@ -28,3 +28,28 @@ def test_bench_writes_json_table_and_chart(aipc_cli, tiny_phi3, tmp_path):
     assert data["settings"]["interleaved"] and data["machine"]["cores"]
     assert "TTFT ms" in result.stdout and "transformers/fp16/CPU" in result.stdout
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 20000
+
+
+def test_variants_are_measured_side_by_side_in_rotating_order(tiny_phi3):
+    from aipc import bench
+
+    combos, notes = bench.combinations(("transformers",), ("fp32",), None, ("", "threads=1"))
+    assert not notes and [c.options for c in combos] == [(), ("threads=1",)]
+    assert [c.label for c in combos] == ["transformers/fp32/CPU", "transformers/fp32/CPU [threads=1]"]
+    messages = []
+    report = bench.run(str(tiny_phi3), combos, prompt_tokens=8, new_tokens=4, runs=3, warmup=0,
+                       progress=lambda message, fraction=None: messages.append(message))
+    assert [r["options"] for r in report["results"]] == [[], ["threads=1"]]
+    assert all(r["runs"] == 3 and r["decode_tps"] > 0 for r in report["results"])
+    runs = [m.split(": ", 1)[1] for m in messages if m.startswith("Run ")]
+    a, b = (c.label for c in combos)
+    assert runs == [a, b, b, a, a, b]  # each round starts one combination later
+
+
+def test_bench_cli_variants_are_labelled_in_the_table(aipc_cli, tiny_phi3):
+    result = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "-p", "fp32", "--variant", "", "--variant",
+                      "threads=1", "--runs", "1", "--warmup", "0", "--prompt-tokens", "8", "--new-tokens", "2")
+    assert result.returncode == 0, result.stderr
+    assert "transformers/fp32/CPU [threads=1]" in result.stdout, result.stdout
+    bad = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "--variant", "nosuchoption=1", "--runs", "1")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error:"), bad.stderr

@@ -51,3 +51,15 @@ def test_manifest_round_trip_and_corruption(tmp_path):
     (tmp_path / "aipc.json").unlink()
     with pytest.raises(InvalidModelError, match="no aipc.json"):
         Manifest.read(tmp_path)
+
+
+def test_decode_rate_comes_from_inter_token_times_not_the_stream_teardown():
+    from aipc.types import Usage
+
+    # 4 tokens arriving 0.1 s apart, then a slow close of the stream (total 5 s)
+    usage = Usage(generated_tokens=4, time_to_first_token_s=0.2, total_s=5.0, token_times_s=[0.2, 0.3, 0.4, 0.5])
+    assert abs(usage.decode_tokens_per_s - 10.0) < 1e-9
+    # one chunk carrying every token: no inter-token time, the whole stream is the measure
+    usage = Usage(generated_tokens=4, time_to_first_token_s=0.2, total_s=0.5, token_times_s=[0.2] * 4)
+    assert abs(usage.decode_tokens_per_s - 10.0) < 1e-9
+    assert Usage(generated_tokens=1, token_times_s=[0.2], total_s=0.3).decode_tokens_per_s == 0.0

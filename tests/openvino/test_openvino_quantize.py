@@ -48,11 +48,14 @@ def test_int4_default_recipe_is_the_walkthroughs(phi3_mini_like):
     assert not plan.notes and not plan.adjusted_group_sizes
 
 
-def test_small_models_get_group_size_32(tiny, smollm2_like):
+def test_small_models_get_group_64_ratio_08(tiny, smollm2_like):
     for folder in (tiny, smollm2_like):  # hidden 128 and 576
         plan = plan_quantization("int4", "CPU", {}, folder)
-        assert (plan.sym, plan.group_size, plan.ratio) == (True, 32, 0.6)
+        assert (plan.sym, plan.group_size, plan.ratio) == (True, 64, 0.8)
         assert not plan.adjusted_group_sizes and any("small model" in n for n in plan.notes)
+    # each can still be chosen: the other keeps its small-model default
+    assert (plan_quantization("int4", "CPU", {"ratio": "0.6"}, tiny).group_size,
+            plan_quantization("int4", "CPU", {"group_size": "32"}, tiny).ratio) == (64, 0.8)
     assert plan_quantization("int4", "NPU", {}, tiny).group_size == 128  # NPU keeps its documented settings
 
 
@@ -82,7 +85,7 @@ def test_group_size_fallback_error_refuses_at_once(smollm2_like):
     with pytest.raises(InvalidConfigError, match="group_size=64"):
         plan_quantization("int4", "NPU", {"group_size_fallback": "error"}, smollm2_like)
     plan = plan_quantization("int4", "CPU", {"group_size": "64", "group_size_fallback": "error"}, smollm2_like)
-    assert not plan.notes
+    assert not plan.adjusted_group_sizes and not [note for note in plan.notes if note.startswith("warning")]
 
 
 @pytest.mark.parametrize(("precision", "options", "message"), [
@@ -165,8 +168,8 @@ def test_artifact_files_and_manifest(artifacts, tiny, precision):
     for name in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml",
                  "config.json", "tokenizer_config.json"):
         assert (folder / name).is_file(), f"{precision} artifact lacks {name}"
-    if precision == "int4":  # the tiny Phi-3 (hidden 128) is a small model: group 32
-        assert (manifest.options["sym"], manifest.options["group_size"], manifest.options["ratio"]) == (True, 32, 0.6)
+    if precision == "int4":  # the tiny Phi-3 (hidden 128) is a small model: group 64, ratio 0.8
+        assert (manifest.options["sym"], manifest.options["group_size"], manifest.options["ratio"]) == (True, 64, 0.8)
     assert detect(folder) == precision, "the folder's own precision is not recognised from its files"
 
 

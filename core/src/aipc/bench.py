@@ -1,7 +1,7 @@
 """``aipc bench``: time to first token, prefill and decode rates, load times, memory and artifact
 size for backend / precision combinations, measured side by side.
 
-Runs are interleaved (A B A B ...) so machine drift affects every combination alike; prompts
+Runs are interleaved (A B C, B C A, ...) so machine drift affects every combination alike; prompts
 have exactly the requested number of tokens and generation is forced to exactly
 ``new_tokens`` (EOS ignored); warm-up runs are not counted; figures are medians with spread.
 """
@@ -28,10 +28,12 @@ class Combo:
     backend: str
     precision: str
     device: str
+    options: tuple[str, ...] = ()  # KEY=VALUE options of this combination only (a variant)
 
     @property
     def label(self) -> str:
-        return f"{self.backend}/{self.precision}/{self.device}"
+        base = f"{self.backend}/{self.precision}/{self.device}"
+        return f"{base} [{','.join(self.options)}]" if self.options else base
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Result:
         ttft = med(self.ttft_ms)
         return {
             "backend": self.combo.backend, "precision": self.combo.precision, "device": self.combo.device,
+            "options": list(self.combo.options), "label": self.combo.label,
             "ttft_ms": ttft, "ttft_ms_stdev": spread(self.ttft_ms),
             "prefill_tps": round(self.prompt_tokens / (ttft / 1000), 1) if ttft else None,
             "decode_tps": decode, "decode_tps_stdev": spread(self.decode_tps),
@@ -125,8 +128,10 @@ def exact_prompt(model, tokens: int) -> str:
     raise InvalidConfigError(f"cannot build a prompt of exactly {tokens} tokens for this tokenizer")
 
 
-def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device: str | None) -> tuple[list[Combo], list[str]]:
-    """Every requested (backend, precision) that exists on a present device, and notes on the rest."""
+def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device: str | None,
+                 variants: tuple[str, ...] = ()) -> tuple[list[Combo], list[str]]:
+    """Every requested (backend, precision) that exists on a present device, once per variant
+    (a comma-separated ``KEY=VALUE`` list of options, "" for none), and notes on the rest."""
     from .plugins import registry
 
     reg = registry()
@@ -138,7 +143,9 @@ def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device:
             devices = [d for d in info.devices if d.present and precision in d.precisions
                        and (device is None or d.name.lower() == device.lower())]
             if devices:
-                combos.append(Combo(name, precision, devices[0].name))
+                for variant in variants or ("",):
+                    options = tuple(part.strip() for part in variant.split(",") if part.strip())
+                    combos.append(Combo(name, precision, devices[0].name, options))
             else:
                 notes.append(f"skipped {name}/{precision}: not offered on a present device")
     return combos, notes
@@ -166,19 +173,21 @@ def run(model_name: str, combos: list[Combo], prompt_tokens: int = 128, new_toke
             shutil.rmtree(compile_dir, ignore_errors=True)
         result.compile_cache_was_empty = not any(compile_dir.glob("*")) if compile_dir.exists() else True
         started = time.perf_counter()
-        artifact = runtime.quantize(model_name, combo.backend, combo.precision, combo.device, options, progress=progress)
+        combo_options = [*(options or []), *combo.options]
+        artifact = runtime.quantize(model_name, combo.backend, combo.precision, combo.device, combo_options,
+                                    progress=progress)
         quantize_s = time.perf_counter() - started
         result.quantize_s = round(quantize_s, 2) if quantize_s > 2 else None
         result.artifact_mb = cache.folder_size(artifact) / 1e6
         rss_before, _ = _memory()
         _reset_peak()
         progress(f"Loading {combo.label} (first)")
-        first = runtime.load(model_name, combo.backend, combo.precision, combo.device, options)
+        first = runtime.load(model_name, combo.backend, combo.precision, combo.device, combo_options)
         result.load_first_s = first.load_s
         first.close()
         del first
         progress(f"Loading {combo.label} (warm)")
-        model = runtime.load(model_name, combo.backend, combo.precision, combo.device, options)
+        model = runtime.load(model_name, combo.backend, combo.precision, combo.device, combo_options)
         result.load_warm_s = model.load_s
         prompt = exact_prompt(model, prompt_tokens)
         for _ in range(warmup):
@@ -192,8 +201,10 @@ def run(model_name: str, combos: list[Combo], prompt_tokens: int = 128, new_toke
         prompts.append(prompt)
     latencies: list[list[tuple[float, list[float]]]] = [[] for _ in combos]
     for index in range(runs):
-        for i, (model, prompt, result) in enumerate(zip(models, prompts, results)):  # interleaved
-            progress(f"Run {index + 1}/{runs}: {result.combo.label}", (index * len(combos) + i) / (runs * len(combos)))
+        shift = index % len(combos)  # interleaved, each round starting one combination later: A B C, B C A, ...
+        for step, i in enumerate([*range(shift, len(combos)), *range(shift)]):
+            model, prompt, result = models[i], prompts[i], results[i]
+            progress(f"Run {index + 1}/{runs}: {result.combo.label}", (index * len(combos) + step) / (runs * len(combos)))
             _ = list(model.generate(prompt, raw=True, **settings))
             usage = model.usage
             if usage.generated_tokens != new_tokens:
@@ -218,6 +229,7 @@ def run(model_name: str, combos: list[Combo], prompt_tokens: int = 128, new_toke
 
 def table(report: dict[str, Any]):
     """A rich Table of the report."""
+    from rich.markup import escape
     from rich.table import Table
 
     grid = Table(title=f"aipc bench: {report['model']} ({report['settings']['prompt_tokens']} prompt tokens, "
@@ -228,7 +240,7 @@ def table(report: dict[str, Any]):
     for title, _ in columns:
         grid.add_column(title, justify="left" if title == "combination" else "right")
     for r in report["results"]:
-        row = [f"{r['backend']}/{r['precision']}/{r['device']}"]
+        row = [escape(r["label"])]  # "[options]" is not rich markup
         for title, key in columns[1:]:
             row.append(f"{r['load_first_s']:.2f}/{r['load_warm_s']:.2f}" if key is None else str(r[key]))
         grid.add_row(*row)
@@ -243,12 +255,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = report["results"]
-    labels = [f"{r['backend']}/{r['precision']}" for r in results]
+    labels = [r["label"].replace(f"/{r['device']}", "", 1) for r in results]
     figure, (lines, speed, first) = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [2, 1, 1]})
     for label, r in zip(labels, results):
         lines.plot(range(2, len(r["token_latencies_ms"]) + 2), r["token_latencies_ms"], label=label, linewidth=1)
     lines.set(title="Per-token latency (median run)", xlabel="output token", ylabel="ms")
-    lines.legend()
+    highest = max((max(r["token_latencies_ms"], default=0) for r in results), default=0)
+    lines.set_ylim(0, highest * 1.3 or None)  # room above the lines for the legend
+    lines.legend(fontsize="small", loc="upper center", ncol=3)
     speed.bar(labels, [r["decode_tps"] for r in results], yerr=[r["decode_tps_stdev"] for r in results], color="tab:blue")
     speed.set(title="Decode tokens/s (higher is better)")
     first.bar(labels, [r["ttft_ms"] for r in results], yerr=[r["ttft_ms_stdev"] for r in results], color="tab:orange")

@@ -338,6 +338,8 @@ def models_rm(names) -> None:
 @click.option("--precision", "-p", "precisions", multiple=True, help="Precision(s) (repeatable). Default: each backend's.")
 @click.option("--device", "-d", help="Device. Default: each backend's first present device offering the precision.")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable.")
+@click.option("--variant", "variants", multiple=True, metavar="K=V[,K=V]",
+              help="Options of one variant (repeatable): each backend/precision is measured once per variant.")
 @click.option("--prompt-tokens", default=128, show_default=True, type=int, help="Exact prompt length in tokens.")
 @click.option("--new-tokens", default=128, show_default=True, type=int, help="Tokens generated per run (EOS ignored).")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs per combination (interleaved).")
@@ -345,7 +347,7 @@ def models_rm(names) -> None:
 @click.option("--cold", is_flag=True, help="Empty the backends' compile caches first, so the first load compiles.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report (JSON) here.")
 @click.option("--plot", "plot_file", type=click.Path(path_type=Path), help="Write latency and throughput charts (PNG).")
-def bench(model_name, backends_, precisions, device, options, prompt_tokens, new_tokens, runs, warmup, cold,
+def bench(model_name, backends_, precisions, device, options, variants, prompt_tokens, new_tokens, runs, warmup, cold,
           json_file, plot_file) -> None:
     """Benchmark backends and precisions side by side on MODEL (default: smollm2-135m-instruct):
     load time (first and warm), time to first token, prefill and decode tokens/s, time per output
@@ -360,7 +362,7 @@ def bench(model_name, backends_, precisions, device, options, prompt_tokens, new
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'aipc[bench]'") from None
-    combos, notes = benchmark.combinations(backends_, tuple(check_precision(p) for p in precisions), device)
+    combos, notes = benchmark.combinations(backends_, tuple(check_precision(p) for p in precisions), device, variants)
     for note in notes:
         click.echo(note, err=True)
     with reporter(True) as progress:

@@ -172,7 +172,11 @@ class Usage:
 
     @property
     def decode_tokens_per_s(self) -> float:
-        """Tokens after the first, per second after the first token arrived."""
+        """Tokens after the first, per second between the first and the last token's arrival
+        (inter-token times: what the runtime delivers, not the stream's teardown after it)."""
+        times = self.token_times_s
+        if len(times) >= 2 and times[-1] > times[0]:
+            return (len(times) - 1) / (times[-1] - times[0])
         decode_time = self.total_s - self.time_to_first_token_s
         if self.generated_tokens < 2 or decode_time <= 0:
             return 0.0

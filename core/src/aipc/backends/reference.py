@@ -14,7 +14,7 @@ from typing import Iterator
 
 from aipc import __version__, hookimpl
 from aipc.plugins import package_versions
-from aipc.errors import InvalidModelError, UnsupportedPrecisionError
+from aipc.errors import InvalidConfigError, InvalidModelError, UnsupportedPrecisionError
 from aipc.streaming import threaded_stream
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
@@ -38,12 +38,22 @@ def aipc_backend_info() -> BackendInfo:
         capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True),
         priority=0,
         runtime_versions={"torch": _version("torch"), "transformers": _version("transformers")},
-        options={"threads": "PyTorch intra-op threads (default: PyTorch's; env AIPC_NUM_THREADS)"},
+        options=dict(OPTIONS),
     )
+
+
+OPTIONS = {"threads": "PyTorch intra-op threads (default: PyTorch's; env AIPC_NUM_THREADS)"}
+
+
+def _check_options(options: dict[str, str]) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InvalidConfigError(f"backend {NAME!r} has no option {', '.join(unknown)} (it has: {', '.join(OPTIONS)})")
 
 
 @hookimpl
 def aipc_quantize(request) -> object:
+    _check_options(request.options)
     if request.precision not in PRECISIONS:
         raise UnsupportedPrecisionError(f"the reference backend runs {', '.join(PRECISIONS)}, not {request.precision}")
     out = Path(request.output_dir)
@@ -65,6 +75,7 @@ def aipc_load(request):
 
     from aipc.runtime import LoadedModel, thread_count
 
+    _check_options(request.options)
     threads = thread_count(request.options)
     if threads:
         torch.set_num_threads(threads)

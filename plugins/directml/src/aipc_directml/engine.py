@@ -30,7 +30,10 @@ class Runtime:
     built_for: str  # the builder's target recorded in genai_config.json
     context_length: int | None
     added: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))  # ids encode() adds around text
-    decode: Any = None  # ids -> text as the Hugging Face tokenizer gives it, when tokenizer.json is there
+    # ids -> text as the Hugging Face tokenizer gives it, when tokenizer.json is there: the reference
+    # backend's text for the same tokens, invalid UTF-8 included (onnxruntime-genai's own stream
+    # drops incomplete byte sequences, transformers shows U+FFFD); else onnxruntime-genai's stream
+    decode: Any = None
 
 
 def _og():
@@ -63,6 +66,7 @@ def _dml_absent_reason() -> str:
 
 def load(request, device: str):
     from aipc.runtime import LoadedModel, thread_count
+    from aipc.streaming import hf_decoder
 
     folder = Path(request.artifact_dir)
     config = artifact.read_config(folder)
@@ -100,7 +104,7 @@ def load(request, device: str):
         raise InvalidModelError(f"cannot load {folder}: {message}") from None
     runtime = Runtime(model, tokenizer, provider, target, artifact.context_length(config))
     runtime.added = _added_tokens(tokenizer)
-    runtime.decode = _hf_decoder(folder)
+    runtime.decode = hf_decoder(folder)  # the reference's text for the same ids (see aipc.streaming)
     request.progress(f"Loaded on the {provider.upper()} execution provider (model built for {target})")
     return LoadedModel(runtime=runtime, context_length=runtime.context_length,
                        extra={"provider": provider, "built_for": target, "threads": threads})
@@ -117,37 +121,6 @@ def _added_tokens(tokenizer) -> tuple[list[int], list[int]]:
         if probe[:cut] == empty[:cut] and probe[len(probe) - (len(empty) - cut):] == empty[cut:]:
             return empty[:cut], empty[cut:]
     return [], []
-
-
-_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
-
-
-def _hf_decoder(folder: Path):
-    """Decoding as the Hugging Face tokenizer does it (``skip_special_tokens=True``), so the text
-    streamed here is the reference backend's text for the same tokens, invalid UTF-8 included
-    (onnxruntime-genai's stream drops incomplete byte sequences, transformers shows U+FFFD).
-    None when the folder has no tokenizer.json: then onnxruntime-genai's own stream decodes."""
-    try:
-        from tokenizers import Tokenizer
-
-        hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    except Exception:  # no tokenizer.json, or a format the tokenizers library cannot read
-        return None
-    try:
-        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        settings = {}
-    cleanup = bool(settings.get("clean_up_tokenization_spaces", False))
-
-    def decode(ids: list[int]) -> str:
-        text = hf.decode(ids, skip_special_tokens=True)
-        if cleanup:
-            for old, new in _CLEANUPS:
-                text = text.replace(old, new)
-        return text
-
-    return decode
 
 
 def encode(model, text: str) -> list[int]:

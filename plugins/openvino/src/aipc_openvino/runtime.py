@@ -1,6 +1,7 @@
 """Load and generate with openvino-genai's ``LLMPipeline`` (C++ generation loop).
 
-Imports ``openvino_genai`` only: no optimum-intel, no transformers, no torch. optimum-intel's
+Imports ``openvino_genai`` (and the small ``tokenizers`` library to decode the stream): no
+optimum-intel, no transformers, no torch. optimum-intel's
 ``OVModelForCausalLM`` is not used at all at generation time: LLMPipeline serves every case
 this backend offers (greedy, sampling with a seed, stop strings, repetition penalty,
 streaming with cancellation) and is faster (SmolLM2 int4, 1 thread: TTFT 127 ms / 22.5 tok/s
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aipc.errors import BackendError, BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
-from aipc.streaming import threaded_stream
+from aipc.streaming import hf_decoder, threaded_stream
 from aipc.types import Chunk, GenerationConfig
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
@@ -103,6 +104,11 @@ class Pipeline:
             raise InvalidModelError(f"cannot load {self.folder} on {device}: {message}") from None
         self.tokenizer = self.pipe.get_tokenizer()
         self.base_config = self.pipe.get_generation_config()
+        # Streaming decodes every token while the pipeline computes the next one. OpenVINO's
+        # detokenizer is a model inferred on the CPU (~40 us a call) and slowed SmolLM2 int4
+        # decoding by 6% (1 thread: 133.5 against 141.4 tok/s for the same stream without it);
+        # the tokenizers library reads the same tokenizer.json in ~1 us.
+        self.stream_decode = hf_decoder(self.folder) or self.decode
 
     def encode(self, text: str):
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -198,7 +204,7 @@ def _stream(pipeline: Pipeline, loaded, inputs, gen_config) -> Iterator[Chunk]:
             return BackendError(f"OpenVINO generation failed: {_first_line(error)}")
         return error
 
-    return threaded_stream(run, pipeline.decode, translate)
+    return threaded_stream(run, pipeline.stream_decode, translate)
 
 
 def detect(folder: Path) -> str | None:
