@@ -162,7 +162,8 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
         # walkthrough's system prompt, held-out prompts the suite does not use:
         #   group 32, ratio 0.6 (the old default): 118 tok/s, 116 MB, suite 8/10, held-out first
         #     token 11/12, common prefix 4.4 tokens, right answers 10/12 (reference 8/12)
-        #   group 64, ratio 0.8: 131 tok/s (+11%), 104 MB, suite 8/10, 11/12, 6.3 tokens, 9/12
+        #   group 64, ratio 0.8: 131 tok/s (+11%; +8% and +12% in two 15-run A/B runs), 104 MB,
+        #     suite 8/10, 11/12, 6.3 tokens, 9/12
         #   ratio 1.0 (group 32 or 64): 131 tok/s, 94-97 MB, suite 5-6/10, 7/12 right
         #   group -1 (per-channel), ratio 1.0: 138 tok/s, 90 MB, suite 5/10, 5/12 right
         # so group 64 with ratio 0.8: faster than group 32 and as close to the reference.
