@@ -40,10 +40,9 @@ from aipc.errors import (
     InvalidModelError,
     PromptTooLongError,
 )
-from aipc.streaming import hf_decoder
 from aipc.types import Chunk, GenerationConfig
+from aipc_openvino_common import genai
 
-from . import genai_stream
 from .devices import AUTO, EMULATED, NPU
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
@@ -84,11 +83,11 @@ def openvino_npu_reason() -> str | None:
             return None
         core.get_versions("NPU")  # raises with the plugin's load error, if that is the cause
     except RuntimeError as error:
-        return genai_stream.first_line(error)
+        return genai.first_line(error)
     return f"OpenVINO lists no NPU device (available: {', '.join(core.available_devices) or 'none'})"
 
 
-class NpuPipeline:
+class NpuPipeline(genai.PipelineText):
     """A loaded LLMPipeline plus the limits it was compiled with."""
 
     def __init__(self, folder: Path, device: str, config: dict[str, Any], threads: int | None = None,
@@ -129,30 +128,18 @@ class NpuPipeline:
         try:
             self.pipe = openvino_genai.LLMPipeline(str(self.folder), runtime_device, properties)
         except RuntimeError as error:
-            message = genai_stream.first_line(error)
+            message = genai.first_line(error)
             lowered = message.lower()
             if "property" in lowered or "option" in lowered or "config" in lowered:
                 raise InvalidConfigError(f"the NPU pipeline rejected its options: {message}") from None
             raise InvalidModelError(f"cannot load {self.folder} on {runtime_device}: {message}") from None
-        self.tokenizer = self.pipe.get_tokenizer()
-        self.eos = genai_stream.eos_ids(self.pipe)
-        # streaming decodes each token while the pipeline computes the next: the tokenizers
-        # library (~1 us a call) rather than OpenVINO's detokenizer model (~40 us, on the CPU)
-        self.stream_decode = hf_decoder(self.folder) or self.decode
+        self.use_tokenizer(self.pipe, self.folder)
+        self.eos = genai.eos_ids(self.pipe)
 
     @property
     def context_length(self) -> int | None:
         limits = [n for n in (model_context(self.folder), self.kv_total) if n]
         return min(limits) if limits else None
-
-    def encode(self, text: str):
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def tokenize(self, text: str) -> list[int]:
-        return [int(i) for i in self.encode(text).input_ids.data.reshape(-1)]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def check(self, prompt_tokens: int, batch: int = 1, num_beams: int = 1) -> None:
         """The NPU's limits, checked before the runtime is called."""
@@ -171,7 +158,7 @@ class NpuPipeline:
 
 def _map_error(error: BaseException) -> BaseException:
     if isinstance(error, RuntimeError):
-        message = genai_stream.first_line(error)
+        message = genai.first_line(error)
         lowered = message.lower()
         if "batch size" in lowered or "greedy and multinomial" in lowered:
             return InvalidConfigError(f"the NPU pipeline refused: {message}")
@@ -205,20 +192,15 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
     # Stop strings are left to the core (capabilities.native_stop_strings False): measured on the
     # NPU pipeline, its own stop-string check ends the stream before the text that holds the stop
     # string has been streamed when the output has incomplete UTF-8 sequences.
-    gen_config = genai_stream.generation_config(config, pipeline.eos, max_new, native_stop_strings=False)
+    gen_config = genai.generation_config(config, pipeline.eos, max_new, native_stop_strings=False)
 
     def done(result) -> None:
-        metrics = result.perf_metrics
-        pipeline.perf = {
-            "ttft_ms": metrics.get_ttft().mean, "tpot_ms": metrics.get_tpot().mean,
-            "throughput_tok_s": metrics.get_throughput().mean, "device": pipeline.device,
-            "generated_tokens": metrics.get_num_generated_tokens(), "input_tokens": metrics.get_num_input_tokens(),
-        }
+        pipeline.perf = {**genai.perf_figures(result), "device": pipeline.device}
         if pipeline.emulated:
             pipeline.perf["note"] = NOT_NPU_PERFORMANCE
         loaded.extra["perf"] = pipeline.perf
 
-    return genai_stream.stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer),
+    return genai.stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer),
                                pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error)
 
 

@@ -100,7 +100,7 @@ def engine(options: dict[str, str]) -> str:
 
 @dataclass
 class ExportPlan:
-    """How the openvino engine compresses weights: what ``openvino_export`` runs and the manifest records."""
+    """How the openvino engine compresses weights: what the export runs and the manifest records."""
 
     weight_format: str  # fp16 | int8 | int4
     sym: bool = True

@@ -1,7 +1,7 @@
 """The ``npu`` backend's hooks (entry point ``aipc_npu.plugin``).
 
 Importing this module is cheap: the runtimes are imported inside the hook bodies, through
-:mod:`aipc_npu.openvino_export` (quantize), :mod:`aipc_npu.genai_engine` (default engine) and
+:mod:`aipc_openvino_common.export` (quantize), :mod:`aipc_npu.genai_engine` (default engine) and
 :mod:`aipc_npu.library_engine` (library engine).
 
 The engine is chosen by ``-o engine=openvino|library`` (default: ``AIPC_NPU_ENGINE``, else
@@ -115,13 +115,22 @@ def aipc_quantize(request):
     plan = opts.plan_export(request.precision, options, Path(request.source_dir))
     for note in plan.notes:
         request.progress(f"warning: {note}")
-    from . import openvino_export
+    from aipc_openvino_common import export
 
-    figures = openvino_export.export(request.source_dir, request.output_dir, plan, request.trust_remote_code,
-                                     request.progress)
+    def weight_config():
+        from optimum.intel import OVWeightQuantizationConfig
+
+        if plan.weight_format == "int8":
+            return OVWeightQuantizationConfig(bits=8, sym=bool(plan.sym))
+        # the plan's group size divides every layer (options.plan_export), so NNCF needs no fallback
+        return OVWeightQuantizationConfig(bits=4, sym=bool(plan.sym), group_size=plan.group_size, ratio=plan.ratio)
+
+    figures = export.export(request.source_dir, request.output_dir, plan.weight_format, weight_config,
+                            trust_remote_code=request.trust_remote_code, progress=request.progress,
+                            recipe="NPU recipe", import_hint=": pip install 'aipc-npu[export]'")
     record = plan.record()
     record["quantize_seconds"] = figures["total_s"]
-    return request.manifest(options=record, versions=openvino_export.runtime_versions())
+    return request.manifest(options=record, versions=export.runtime_versions())
 
 
 def _engine_of(manifest) -> str:

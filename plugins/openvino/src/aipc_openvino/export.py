@@ -1,57 +1,23 @@
 """Quantize: a Hugging Face folder -> an OpenVINO IR folder that LLMPipeline runs.
 
-Imported only by ``aipc_quantize`` (optimum-intel alone costs 13-17 s and ~460 MB to import).
-Uses optimum-intel's Python API, the machinery behind ``optimum-cli export openvino --task
-text-generation-with-past``:
-
-- fp32 / fp16: ``main_export`` with ``OVConfig(dtype=...)`` (``OVModelForCausalLM``'s
-  ``export=True`` path cannot write fp16 weights: it saves with ``compress_to_fp16=False``);
-- int8 / int4: ``OVModelForCausalLM.from_pretrained(export=True, quantization_config=
-  OVWeightQuantizationConfig(...))`` (NNCF weight compression), then ``save_pretrained``.
-
-That Python API writes no ``openvino_tokenizer.xml`` / ``openvino_detokenizer.xml`` (the CLI
-does), so the tokenizer is converted here with ``openvino_tokenizers.convert_tokenizer``; with
-those files the artifact runs without transformers.
+Imported only by ``aipc_quantize`` (optimum-intel alone costs 13-17 s and ~460 MB to import). The
+export itself (optimum-intel's ``main_export`` / NNCF weight compression / openvino-tokenizers, the
+machinery behind ``optimum-cli export openvino --task text-generation-with-past``) is shared with
+the npu backend in :mod:`aipc_openvino_common.export`; what is this backend's is the weight
+compression recipe, from :class:`aipc_openvino.options.QuantizePlan`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import time
-import warnings
 from pathlib import Path
 
-from aipc.plugins import package_versions
-from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError
+from aipc_openvino_common import export as common
 
 from .options import QuantizePlan
 
-TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
-#: Files of the source folder the artifact keeps (chat template, tokenizer for the core's
-#: template rendering, configs).
-KEEP = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-        "chat_template.json", "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt")
 
-RUNTIMES = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "optimum", "nncf", "transformers", "torch")
-
-
-def runtime_versions(names=RUNTIMES) -> dict[str, str]:
-    return package_versions(*names)
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("nncf", "optimum", "optimum.intel", "transformers", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+def runtime_versions() -> dict[str, str]:
+    return common.runtime_versions()
 
 
 def _weight_config(plan: QuantizePlan, source_dir: Path):
@@ -76,85 +42,9 @@ def _weight_config(plan: QuantizePlan, source_dir: Path):
     return OVWeightQuantizationConfig(**kwargs)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]
-
-
-def _export_ir(source_dir, output_dir, plan, trust_remote_code, progress, main_export, OVConfig, OVModelForCausalLM):
-    if plan.weight_format in ("fp32", "fp16"):
-        main_export(
-            model_name_or_path=str(source_dir), output=output_dir, task="text-generation-with-past",
-            ov_config=OVConfig(dtype=plan.weight_format), convert_tokenizer=False,
-            trust_remote_code=trust_remote_code, local_files_only=True,
-        )
-    else:
-        model = OVModelForCausalLM.from_pretrained(
-            str(source_dir), export=True, compile=False, quantization_config=_weight_config(plan, source_dir),
-            trust_remote_code=trust_remote_code, local_files_only=True,
-        )
-        progress("Saving the compressed model", 0.85)
-        model.save_pretrained(output_dir)
-        del model
-
-
 def export(source_dir: Path, output_dir: Path, plan: QuantizePlan, trust_remote_code: bool, progress) -> dict:
     """Write the IR, the converted tokenizer and the source's tokenizer/template files into
     ``output_dir``; return figures for the manifest."""
-    source_dir, output_dir = Path(source_dir), Path(output_dir)
-    _quiet_libraries()
-    started = time.perf_counter()
-    progress("Loading optimum-intel and NNCF", 0.02)
-    try:
-        import nncf
-        from optimum.exporters.openvino import main_export
-        from optimum.intel import OVConfig, OVModelForCausalLM
-        from transformers import AutoTokenizer
-    except ImportError as error:  # e.g. torchvision's CUDA build beside the CPU torch
-        raise BackendUnavailableError(
-            f"optimum-intel cannot be imported ({_first_line(error)}); if torchvision is installed, "
-            "remove it: pip uninstall -y torchvision"
-        ) from None
-    _quiet_libraries()  # again: nncf and optimum set their loggers up when imported
-    nncf.set_log_level(logging.ERROR)
-
-    progress(f"Exporting {source_dir.name} to OpenVINO IR ({plan.weight_format})", 0.05)
-    try:
-        with warnings.catch_warnings():  # torch's TracerWarnings etc.: noise for the user
-            warnings.simplefilter("ignore")
-            _export_ir(source_dir, output_dir, plan, trust_remote_code, progress, main_export, OVConfig, OVModelForCausalLM)
-    except nncf.InvalidGroupSizeError as error:
-        raise InvalidConfigError(
-            f"int4 group size {plan.group_size} does not fit this model ({_first_line(error)}); "
-            "try -o group_size=64 or -o group_size_fallback=adjust"
-        ) from None
-    except (OSError, ValueError, KeyError) as error:
-        raise InvalidModelError(f"cannot export {source_dir}: {_first_line(error)}") from None
-    export_s = time.perf_counter() - started
-
-    progress("Converting the tokenizer with openvino-tokenizers", 0.92)
-    convert_tokenizer(source_dir, output_dir, trust_remote_code, AutoTokenizer)
-    for name in KEEP:
-        if (source_dir / name).is_file() and not (output_dir / name).exists():
-            shutil.copy2(source_dir / name, output_dir / name)
-    for name in ("openvino_model.xml", "openvino_model.bin", *TOKENIZER_FILES):
-        if not (output_dir / name).is_file():
-            raise InvalidModelError(f"the export wrote no {name}")
-    return {"export_s": round(export_s, 1), "total_s": round(time.perf_counter() - started, 1)}
-
-
-def convert_tokenizer(source_dir: Path, output_dir: Path, trust_remote_code: bool = False, auto_tokenizer=None) -> None:
-    """Save the Hugging Face tokenizer and its OpenVINO tokenizer/detokenizer models."""
-    import openvino
-    from openvino_tokenizers import convert_tokenizer as ov_convert
-
-    if auto_tokenizer is None:
-        from transformers import AutoTokenizer as auto_tokenizer
-    try:
-        tokenizer = auto_tokenizer.from_pretrained(str(source_dir), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise InvalidModelError(f"cannot load the tokenizer of {source_dir}: {_first_line(error)}") from None
-    tokenizer.save_pretrained(str(output_dir))
-    ov_tokenizer, ov_detokenizer = ov_convert(tokenizer, with_detokenizer=True)
-    openvino.save_model(ov_tokenizer, str(Path(output_dir) / TOKENIZER_FILES[0]))
-    openvino.save_model(ov_detokenizer, str(Path(output_dir) / TOKENIZER_FILES[1]))
+    return common.export(source_dir, output_dir, plan.weight_format, lambda: _weight_config(plan, Path(source_dir)),
+                         trust_remote_code=trust_remote_code, progress=progress,
+                         group_size_hint="; try -o group_size=64 or -o group_size_fallback=adjust")

@@ -15,24 +15,16 @@ token ids, so LLMPipeline neither applies the chat template again nor adds a sec
 from __future__ import annotations
 
 import json
-import random
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from aipc.errors import BackendError, BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
-from aipc.streaming import hf_decoder, threaded_stream
 from aipc.types import Chunk, GenerationConfig
+from aipc_openvino_common.genai import PipelineText, eos_ids, first_line, generation_config, perf_figures, stream
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
             "openvino_detokenizer.xml", "openvino_detokenizer.bin")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    # OpenVINO prefixes every level with "Exception from src/...cpp:NN:"; the last line says why.
-    meaningful = [line for line in lines if not line.startswith("Exception from ")]
-    return ((meaningful or lines)[-1] if lines else type(error).__name__)[:300]
 
 
 def context_length(folder: Path) -> int | None:
@@ -74,11 +66,11 @@ def _device_error(device: str) -> str | None:
             core.get_versions(base)  # raises with the plugin's load error
             return f"OpenVINO lists no {base} device here (available: {', '.join(core.available_devices)})"
     except RuntimeError as error:
-        return _first_line(error)
+        return first_line(error)
     return None
 
 
-class Pipeline:
+class Pipeline(PipelineText):
     """A loaded LLMPipeline and the tokenizer inside it."""
 
     def __init__(self, folder: Path, device: str, config: dict[str, Any]) -> None:
@@ -97,66 +89,13 @@ class Pipeline:
             reason = _device_error(device)
             if reason:
                 raise BackendUnavailableError(f"OpenVINO cannot use {device}: {reason}") from None
-            message = _first_line(error)
+            message = first_line(error)
             lowered = message.lower()
             if "property" in lowered or ("config" in lowered and "key" in lowered):
                 raise InvalidConfigError(f"OpenVINO rejected the runtime options on {device}: {message}") from None
             raise InvalidModelError(f"cannot load {self.folder} on {device}: {message}") from None
-        self.tokenizer = self.pipe.get_tokenizer()
-        self.base_config = self.pipe.get_generation_config()
-        # Streaming decodes every token while the pipeline computes the next one. OpenVINO's
-        # detokenizer is a model inferred on the CPU (~40 us a call) and slowed SmolLM2 int4
-        # decoding by 6% (1 thread: 133.5 against 141.4 tok/s for the same stream without it);
-        # the tokenizers library reads the same tokenizer.json in ~1 us.
-        self.stream_decode = hf_decoder(self.folder) or self.decode
-
-    def encode(self, text: str):
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def tokenize(self, text: str) -> list[int]:
-        return [int(i) for i in self.encode(text).input_ids.data.reshape(-1)]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def generation_config(self, config: GenerationConfig):
-        """LLMPipeline's config for an aipc config: every field set, so the model's own
-        generation_config.json cannot change what the user asked for."""
-        import openvino_genai
-
-        gc = openvino_genai.GenerationConfig()
-        eos = self.base_config.eos_token_id
-        if eos is not None and eos >= 0:
-            gc.eos_token_id = eos
-        stop_ids = set(self.base_config.stop_token_ids or ())  # generation_config.json's eos list
-        if eos is not None and eos >= 0:
-            stop_ids.add(eos)
-        gc.stop_token_ids = stop_ids
-        gc.max_new_tokens = config.max_new_tokens
-        gc.ignore_eos = config.ignore_eos
-        if config.ignore_eos:
-            # ignore_eos alone lets LLMPipeline pick EOS and go on past it; the reference (and what
-            # a benchmark wants) makes EOS impossible instead, as min_new_tokens does.
-            gc.min_new_tokens = config.max_new_tokens
-        gc.apply_chat_template = False
-        gc.repetition_penalty = config.repetition_penalty
-        gc.num_beams = 1
-        if config.stop:
-            gc.stop_strings = set(config.stop)
-            # Stream the stop string too: LLMPipeline would otherwise drop the tokens matching it
-            # while having streamed the first of them already, leaving a fragment the core cannot
-            # recognise. The core cuts the text at the stop string.
-            gc.include_stop_str_in_output = True
-        if config.sampling:
-            gc.do_sample = True
-            gc.temperature = config.temperature
-            gc.top_p = config.top_p
-            if config.top_k:
-                gc.top_k = config.top_k
-            gc.rng_seed = config.seed if config.seed is not None else random.randrange(1 << 31)
-        else:
-            gc.do_sample = False
-        return gc
+        self.use_tokenizer(self.pipe, self.folder)
+        self.eos = eos_ids(self.pipe)  # the model's eos id and every id that ends generation
 
 
 def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
@@ -169,42 +108,16 @@ def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     limit = loaded.context_length
     if limit and prompt_tokens >= limit:
         raise PromptTooLongError(f"the prompt has {prompt_tokens} tokens; the model's context is {limit}")
-    gen_config = pipeline.generation_config(config)
-    if limit and prompt_tokens + gen_config.max_new_tokens > limit:
-        gen_config.max_new_tokens = limit - prompt_tokens
-    return _stream(pipeline, loaded, inputs, gen_config)
+    max_new = min(config.max_new_tokens, limit - prompt_tokens) if limit else config.max_new_tokens
+    gen_config = generation_config(config, pipeline.eos, max_new)
 
+    def done(result) -> None:
+        pipeline.perf = loaded.extra["perf"] = perf_figures(result)
 
-def _stream(pipeline: Pipeline, loaded, inputs, gen_config) -> Iterator[Chunk]:
-    """LLMPipeline.generate blocks: the core's threaded_stream runs it in a thread, and the
-    streamer returns CANCEL once the consumer has closed the stream."""
-    import openvino_genai
-
-    def run(emit) -> None:
-        class Streamer(openvino_genai.StreamerBase):
-            def write(self, token):
-                going = emit([token] if isinstance(token, int) else token)
-                return openvino_genai.StreamingStatus.RUNNING if going else openvino_genai.StreamingStatus.CANCEL
-
-            def end(self):
-                pass
-
-        with pipeline.lock:
-            result = pipeline.pipe.generate(inputs, gen_config, Streamer())
-        metrics = result.perf_metrics
-        pipeline.perf = {
-            "ttft_ms": metrics.get_ttft().mean, "tpot_ms": metrics.get_tpot().mean,
-            "throughput_tok_s": metrics.get_throughput().mean,
-            "generated_tokens": metrics.get_num_generated_tokens(), "input_tokens": metrics.get_num_input_tokens(),
-        }
-        loaded.extra["perf"] = pipeline.perf
-
-    def translate(error: BaseException) -> BaseException:
-        if isinstance(error, RuntimeError):
-            return BackendError(f"OpenVINO generation failed: {_first_line(error)}")
-        return error
-
-    return threaded_stream(run, pipeline.stream_decode, translate)
+    # LLMPipeline.generate blocks: the core's threaded_stream runs it in a thread, and the
+    # streamer returns CANCEL once the consumer has closed the stream
+    return stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer), pipeline.stream_decode,
+                  lock=pipeline.lock, on_done=done)
 
 
 def detect(folder: Path) -> str | None:

@@ -1,19 +1,16 @@
-"""Export a Hugging Face folder to an OpenVINO IR folder that OpenVINO GenAI's LLMPipeline runs.
+"""Export a Hugging Face folder to an OpenVINO IR folder that OpenVINO GenAI's LLMPipeline runs,
+for the ``openvino`` and ``npu`` backends. What is backend-specific (the NPU's recipe, the
+OpenVINO backend's NNCF options) arrives as the weight-compression config.
 
-Self-contained on purpose (imports only aipc, optimum-intel, nncf, openvino, openvino-tokenizers,
-transformers): the OpenVINO plugin has the same machinery, and the two are meant to be folded
-into one shared module later. What is NPU-specific arrives in the ``ExportPlan`` (symmetric
-weights, int4 ratio 1.0, group 128 or channel-wise), not in this module.
-
-- fp16: optimum's ``main_export`` with ``OVConfig(dtype="fp16")`` (``OVModelForCausalLM``'s
+- fp32 / fp16: optimum's ``main_export`` with ``OVConfig(dtype=...)`` (``OVModelForCausalLM``'s
   ``export=True`` path saves uncompressed fp32);
 - int8 / int4: ``OVModelForCausalLM.from_pretrained(export=True, quantization_config=
-  OVWeightQuantizationConfig(...))`` (NNCF data-free weight compression), then ``save_pretrained``;
+  OVWeightQuantizationConfig(...))`` (NNCF weight compression), then ``save_pretrained``;
 - the tokenizer: ``openvino_tokenizers.convert_tokenizer`` writes ``openvino_tokenizer.xml`` /
   ``openvino_detokenizer.xml`` (the Python export API does not), so LLMPipeline runs the folder
   without transformers.
 
-Imported only inside ``aipc_quantize``: optimum-intel alone takes 10+ s to import.
+Imported only when quantizing: optimum-intel alone takes 10+ s and ~460 MB to import.
 """
 
 from __future__ import annotations
@@ -26,8 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from aipc.plugins import package_versions
 from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError
+from aipc.plugins import package_versions
+
+from .genai import first_line
 
 IR_FILES = ("openvino_model.xml", "openvino_model.bin")
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
@@ -39,12 +38,6 @@ RUNTIMES = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel"
 
 def runtime_versions(names=RUNTIMES) -> dict[str, str]:
     return package_versions(*names)
-
-
-def first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    meaningful = [line for line in lines if not line.startswith("Exception from ")]
-    return ((meaningful or lines)[-1] if lines else type(error).__name__)[:300]
 
 
 def _quiet() -> None:
@@ -60,20 +53,17 @@ def _quiet() -> None:
         pass
 
 
-def weight_config(plan) -> Any:
-    """optimum-intel's ``OVWeightQuantizationConfig`` for an int8 / int4 plan."""
-    from optimum.intel import OVWeightQuantizationConfig
-
-    if plan.weight_format == "int8":
-        return OVWeightQuantizationConfig(bits=8, sym=bool(plan.sym))
-    # the plan's group size divides every layer (options.plan_export), so NNCF needs no fallback
-    return OVWeightQuantizationConfig(bits=4, sym=bool(plan.sym), group_size=plan.group_size, ratio=plan.ratio)
-
-
-def export(source_dir: Path, output_dir: Path, plan, trust_remote_code: bool = False,
-           progress: Callable[..., None] = lambda *a, **k: None) -> dict[str, Any]:
+def export(source_dir: Path, output_dir: Path, weight_format: str, weight_config: Callable[[], Any] | None = None, *,
+           trust_remote_code: bool = False, progress: Callable[..., None] = lambda *a, **k: None, recipe: str = "",
+           import_hint: str = "", group_size_hint: str = "") -> dict[str, Any]:
     """Write the IR, the OpenVINO tokenizer and the source's tokenizer/template files into
-    ``output_dir``; return timings for the manifest."""
+    ``output_dir``; return timings for the manifest.
+
+    ``weight_format`` is fp32, fp16, int8 or int4; for int8 / int4 ``weight_config()`` returns
+    optimum-intel's ``OVWeightQuantizationConfig`` (called once optimum-intel is imported).
+    ``recipe`` names the settings in the progress line; ``import_hint`` and ``group_size_hint``
+    end the errors for a missing optimum-intel and a group size NNCF refuses.
+    """
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     started = time.perf_counter()
     _quiet()
@@ -84,29 +74,29 @@ def export(source_dir: Path, output_dir: Path, plan, trust_remote_code: bool = F
         from optimum.intel import OVConfig, OVModelForCausalLM
     except ImportError as error:  # e.g. PyPI's CUDA torchvision beside the CPU torch
         raise BackendUnavailableError(
-            f"the openvino engine exports with optimum-intel, which cannot be imported ({first_line(error)}): "
-            "pip install 'aipc-npu[export]'; if torchvision is installed, remove it (pip uninstall -y torchvision)"
+            f"optimum-intel cannot be imported ({first_line(error)}){import_hint}; if torchvision is installed, "
+            "remove it: pip uninstall -y torchvision"
         ) from None
     _quiet()  # again: nncf and optimum configure their loggers on import
     nncf.set_log_level(logging.ERROR)
-    progress(f"Exporting {source_dir.name} to OpenVINO IR ({plan.weight_format}, NPU recipe)", 0.05)
+    progress(f"Exporting {source_dir.name} to OpenVINO IR ({weight_format}{', ' + recipe if recipe else ''})", 0.05)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # torch's TracerWarnings etc.: noise for the user
             warnings.simplefilter("ignore")
-            if plan.weight_format == "fp16":
+            if weight_format in ("fp32", "fp16"):
                 main_export(model_name_or_path=str(source_dir), output=output_dir, task="text-generation-with-past",
-                            ov_config=OVConfig(dtype="fp16"), convert_tokenizer=False,
+                            ov_config=OVConfig(dtype=weight_format), convert_tokenizer=False,
                             trust_remote_code=trust_remote_code, local_files_only=True)
             else:
                 model = OVModelForCausalLM.from_pretrained(
-                    str(source_dir), export=True, compile=False, quantization_config=weight_config(plan),
+                    str(source_dir), export=True, compile=False, quantization_config=weight_config(),
                     trust_remote_code=trust_remote_code, local_files_only=True,
                 )
                 progress("Saving the compressed model", 0.85)
                 model.save_pretrained(output_dir)
                 del model
     except nncf.InvalidGroupSizeError as error:
-        raise InvalidConfigError(f"int4 group size {plan.group_size} does not fit this model ({first_line(error)})") from None
+        raise InvalidConfigError(f"the int4 group size does not fit this model ({first_line(error)}){group_size_hint}") from None
     except (OSError, ValueError, KeyError) as error:
         raise InvalidModelError(f"cannot export {source_dir}: {first_line(error)}") from None
     export_s = time.perf_counter() - started
