@@ -63,3 +63,16 @@ def test_decode_rate_comes_from_inter_token_times_not_the_stream_teardown():
     usage = Usage(generated_tokens=4, time_to_first_token_s=0.2, total_s=0.5, token_times_s=[0.2] * 4)
     assert abs(usage.decode_tokens_per_s - 10.0) < 1e-9
     assert Usage(generated_tokens=1, token_times_s=[0.2], total_s=0.3).decode_tokens_per_s == 0.0
+
+
+def test_backend_option_values_parse_or_fail_with_the_option_named():
+    from aipc.types import option_bool, option_int
+
+    assert [option_bool("sym", v) for v in ("1", "True", " yes", "on", "0", "false", "No", "off")] == [True] * 4 + [False] * 4
+    assert option_int("group_size", " 64 ") == 64 and option_int("n", "5", minimum=1) == 5
+    with pytest.raises(InvalidConfigError, match="sym must be true or false"):
+        option_bool("sym", "maybe")
+    with pytest.raises(InvalidConfigError, match="group_size must be a whole number"):
+        option_int("group_size", "6.5")
+    with pytest.raises(InvalidConfigError, match="MAX_PROMPT_LEN must be >= 1"):
+        option_int("MAX_PROMPT_LEN", "0", minimum=1)

@@ -29,6 +29,27 @@ def check_precision(precision: str) -> str:
     return value
 
 
+def option_bool(name: str, value: str) -> bool:
+    """A backend's ``-o name=value`` as a boolean (1/0, true/false, yes/no, on/off)."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidConfigError(f"option {name} must be true or false, got {value!r}")
+
+
+def option_int(name: str, value: str, minimum: int | None = None) -> int:
+    """A backend's ``-o name=value`` as a whole number, at least ``minimum`` if given."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise InvalidConfigError(f"option {name} must be a whole number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise InvalidConfigError(f"option {name} must be >= {minimum}, got {number}")
+    return number
+
+
 @dataclass(frozen=True)
 class Device:
     """A device a backend can target, and whether it is present on this machine."""

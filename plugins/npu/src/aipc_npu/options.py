@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aipc.errors import InvalidConfigError
+from aipc.types import option_bool, option_int
 
 from .devices import ENGINE_ENV, ENGINES
 
@@ -57,25 +58,6 @@ FALLBACKS = ("adjust", "channelwise", "error")
 #: NPUW (the NPU plugin's LLM layer) decompresses int4 groups whose size is a multiple of 64:
 #: group 32 fails at compile with "NPUW: Assertion from_shape.back() % 64 == 0" (measured).
 NPU_GROUP_MULTIPLE = 64
-
-
-def _bool(name: str, value: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InvalidConfigError(f"option {name} must be true or false, got {value!r}")
-
-
-def _int(name: str, value: str, minimum: int | None = None) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise InvalidConfigError(f"option {name} must be a whole number, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise InvalidConfigError(f"option {name} must be >= {minimum}, got {number}")
-    return number
 
 
 def check_known(options: dict[str, str]) -> None:
@@ -161,7 +143,7 @@ def plan_export(precision: str, options: dict[str, str], source_dir: Path) -> Ex
         if "sym" in options:
             raise InvalidConfigError("option sym applies to int8 / int4 only")
         return ExportPlan("fp16", sym=False)
-    sym = _bool("sym", options["sym"]) if "sym" in options else True
+    sym = option_bool("sym", options["sym"]) if "sym" in options else True
     plan = ExportPlan(precision, sym=sym, parameters=count_parameters(source_dir))
     if not sym:
         plan.notes.append("asymmetric weights: OpenVINO's NPU plugin wants symmetric int4/int8; this may not run on a real NPU")
@@ -171,7 +153,7 @@ def plan_export(precision: str, options: dict[str, str], source_dir: Path) -> Ex
     if not 0 < plan.ratio <= 1:
         raise InvalidConfigError(f"option ratio must be in (0, 1], got {plan.ratio}")
     if "group_size" in options:
-        plan.group_size = _int("group_size", options["group_size"])
+        plan.group_size = option_int("group_size", options["group_size"])
         if plan.group_size != -1 and (plan.group_size < 1 or plan.group_size % NPU_GROUP_MULTIPLE):
             raise InvalidConfigError(
                 f"option group_size must be -1 (channel-wise) or a multiple of {NPU_GROUP_MULTIPLE} "
@@ -211,8 +193,8 @@ def pipeline_config(options: dict[str, str], cache_dir: Path) -> dict[str, Any]:
     """LLMPipeline properties for ``NPU``: the documented NPU options checked, other UPPERCASE
     keys passed through, ``CACHE_DIR`` in aipc's cache unless given."""
     config: dict[str, Any] = {
-        "MAX_PROMPT_LEN": _int("MAX_PROMPT_LEN", options.get("MAX_PROMPT_LEN", DEFAULT_MAX_PROMPT_LEN), 1),
-        "MIN_RESPONSE_LEN": _int("MIN_RESPONSE_LEN", options.get("MIN_RESPONSE_LEN", DEFAULT_MIN_RESPONSE_LEN), 1),
+        "MAX_PROMPT_LEN": option_int("MAX_PROMPT_LEN", options.get("MAX_PROMPT_LEN", DEFAULT_MAX_PROMPT_LEN), 1),
+        "MIN_RESPONSE_LEN": option_int("MIN_RESPONSE_LEN", options.get("MIN_RESPONSE_LEN", DEFAULT_MIN_RESPONSE_LEN), 1),
     }
     for key, allowed in HINTS.items():
         if key in options:

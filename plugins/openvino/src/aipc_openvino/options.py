@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aipc.errors import InvalidConfigError, InvalidModelError
+from aipc.types import option_bool, option_int
 
 #: Options that change the artifact (the core's cache key includes them).
 QUANTIZE_OPTIONS = {
@@ -47,22 +48,6 @@ SMALL_MODEL_GROUP = 64
 SMALL_MODEL_RATIO = 0.8
 
 INT4_ONLY = ("group_size", "ratio", "group_size_fallback", "awq", "scale_estimation", "dataset", "num_samples", "all_layers")
-
-
-def _bool(name: str, value: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InvalidConfigError(f"option {name} must be true or false, got {value!r}")
-
-
-def _int(name: str, value: str) -> int:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise InvalidConfigError(f"option {name} must be a whole number, got {value!r}") from None
 
 
 def check_names(options: dict[str, str]) -> None:
@@ -147,7 +132,7 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
         wrong = sorted(k for k in given if k in INT4_ONLY)
         if wrong:
             raise InvalidConfigError(f"int8 is per-channel: option(s) {', '.join(wrong)} apply to int4 only")
-        sym = _bool("sym", given["sym"]) if "sym" in given else npu
+        sym = option_bool("sym", given["sym"]) if "sym" in given else npu
         return QuantizePlan(weight_format="int8", sym=sym, group_size=-1, ratio=1.0)
     if precision != "int4":
         raise InvalidConfigError(f"unknown precision {precision!r}")
@@ -178,9 +163,9 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
             plan.notes.append(f"hidden size {hidden} < {SMALL_MODEL_HIDDEN}: small model, int4 {' and '.join(applied)} "
                               "(-o group_size=128 -o ratio=0.6 for the walkthrough's)")
     if "sym" in given:
-        plan.sym = _bool("sym", given["sym"])
+        plan.sym = option_bool("sym", given["sym"])
     if "group_size" in given:
-        plan.group_size = _int("group_size", given["group_size"])
+        plan.group_size = option_int("group_size", given["group_size"])
         if plan.group_size != -1 and plan.group_size < 1:
             raise InvalidConfigError(f"group_size must be a positive whole number or -1, got {given['group_size']!r}")
     if "ratio" in given:
@@ -194,15 +179,15 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
     if fallback not in ("adjust", "error"):
         raise InvalidConfigError(f"group_size_fallback must be adjust or error, got {given['group_size_fallback']!r}")
     plan.group_size_fallback = fallback
-    plan.awq = _bool("awq", given["awq"]) if "awq" in given else False
-    plan.scale_estimation = _bool("scale_estimation", given["scale_estimation"]) if "scale_estimation" in given else False
+    plan.awq = option_bool("awq", given["awq"]) if "awq" in given else False
+    plan.scale_estimation = option_bool("scale_estimation", given["scale_estimation"]) if "scale_estimation" in given else False
     plan.dataset = given.get("dataset") or None
     if "num_samples" in given:
-        plan.num_samples = _int("num_samples", given["num_samples"])
+        plan.num_samples = option_int("num_samples", given["num_samples"])
         if plan.num_samples < 1:
             raise InvalidConfigError("num_samples must be >= 1")
     if "all_layers" in given:
-        plan.all_layers = _bool("all_layers", given["all_layers"])
+        plan.all_layers = option_bool("all_layers", given["all_layers"])
     if plan.scale_estimation and not plan.dataset:
         raise InvalidConfigError("scale_estimation needs calibration data: add -o dataset=NAME (e.g. wikitext2)")
     if plan.num_samples and not plan.dataset:
