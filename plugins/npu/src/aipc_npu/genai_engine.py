@@ -201,7 +201,7 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
         loaded.extra["perf"] = pipeline.perf
 
     return genai.stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer),
-                               pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error)
+                        pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error)
 
 
 def detect(folder: Path) -> str | None:
