@@ -24,9 +24,8 @@ from pathlib import Path
 
 import aipc
 from aipc import bench
-from aipc.conformance.support import AGREEMENT_PROMPTS, SYSTEM
+from aipc.conformance.support import AGREEMENT_PROMPTS, SYSTEM, run_raw
 from aipc.sources import DEFAULT_MODEL
-from aipc.types import GenerationConfig
 
 #: held-out questions and a pattern a right answer contains
 HELD_OUT = (
@@ -47,13 +46,8 @@ HELD_OUT = (
 
 def greedy_answer(model: aipc.Model, question: str, tokens: int, system: str | None = SYSTEM) -> tuple[list[int], str]:
     """The first ``tokens`` greedy answer tokens (ids and text) to ``question``, chat-templated."""
-    ids, text = [], []
-    for chunk in model.raw_stream(model.format_prompt(question, system), GenerationConfig(max_new_tokens=tokens)):
-        ids.extend(chunk.ids)
-        text.append(chunk.text)
-        if len(ids) >= tokens:
-            break
-    return ids[:tokens], "".join(text)
+    text, ids, _ = run_raw(model, question, system, max_new_tokens=tokens)
+    return ids, text
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

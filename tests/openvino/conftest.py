@@ -89,17 +89,13 @@ def smollm2() -> Path:
         pytest.skip(f"SmolLM2 cannot be converted here: {error}")
 
 
-def raw(model: aipc.Model, prompt: str, system: str | None = None, **settings) -> tuple[str, list[int], int]:
-    """The backend's own stream for a chat prompt: (text, ids, token count)."""
-    from aipc.types import GenerationConfig
-
-    chunks = list(model.raw_stream(model.format_prompt(prompt, system), GenerationConfig(**settings)))
-    return "".join(c.text for c in chunks), [i for c in chunks for i in c.ids], sum(c.tokens for c in chunks)
-
-
 @pytest.fixture(scope="session")
 def stream_raw():
-    return raw
+    """``stream_raw(model, prompt, system=None, **settings)``: the backend's own stream for a chat
+    prompt, as (text, ids, token count)."""
+    from aipc.conformance.support import run_raw
+
+    return run_raw
 
 
 @pytest.fixture(scope="session")

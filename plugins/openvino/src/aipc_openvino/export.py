@@ -16,8 +16,7 @@ from aipc_openvino_common import export as common
 from .options import QuantizePlan
 
 
-def runtime_versions() -> dict[str, str]:
-    return common.runtime_versions()
+runtime_versions = common.runtime_versions
 
 
 def _weight_config(plan: QuantizePlan, source_dir: Path):
