@@ -70,7 +70,9 @@ def aipc_load(request: LoadRequest) -> LoadedModel:
 
     :param request: ``artifact_dir``, its ``manifest`` (for artifacts this backend made; for a
         foreign folder it recognised in ``aipc_detect_artifact``, a manifest the core inferred),
-        ``device``, ``options`` and ``cache_dir`` (e.g. for a compiled-model cache).
+        ``device``, ``options``, ``cache_dir`` (e.g. for a compiled-model cache) and
+        ``cache_slots``: how many prompt states to keep for prefix reuse, if the backend's
+        capabilities claim ``prefix_cache`` (0 means keep none; others ignore it).
     :returns: a :class:`aipc.runtime.LoadedModel` holding the runtime object in ``runtime`` and
         the model's context length in tokens, if known.
     :raises InvalidModelError: the folder is missing files or they are corrupt.
@@ -91,6 +93,12 @@ def aipc_generate(model: LoadedModel, prompt: str, config: GenerationConfig) -> 
         ``max_new_tokens`` tokens. If the capabilities claim ``native_stop_strings`` it must
         also end soon after a stop string appears. The core may close the iterator early
         (stop string, Ctrl-C): the backend must then stop its runtime's work.
+
+    A backend claiming ``prefix_cache`` may continue the KV state of an earlier prompt that
+    shares leading tokens with this one (cut back to exactly the shared tokens, see
+    :mod:`aipc.prefix`) and prefill only the rest; the greedy tokens must be those of a cold run.
+    It sets ``model.cached_tokens`` to the number of prompt tokens reused (0 for a cold run) on
+    every call, before its first chunk. State left by a stream closed early must stay usable.
     :raises InvalidConfigError: a setting the backend cannot honour (e.g. beam search on NPU).
     :raises PromptTooLongError: the prompt exceeds the model's or the device's limit.
     """

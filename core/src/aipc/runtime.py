@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from . import __version__, cache
+from . import __version__, cache, prefix
 from .chat import ChatTemplate, messages_for
 from .errors import (
     AipcError,
@@ -77,15 +77,22 @@ class LoadRequest:
     cache_dir: Path
     trust_remote_code: bool = False
     progress: Progress = _quiet
+    #: prompt states to keep for prefix reuse, if the backend claims ``prefix_cache`` (0: none)
+    cache_slots: int = 1
 
 
 @dataclass
 class LoadedModel:
-    """What ``aipc_load`` returns: the runtime's object(s) and the context length if known."""
+    """What ``aipc_load`` returns: the runtime's object(s) and the context length if known.
+
+    ``cached_tokens``: a backend claiming ``prefix_cache`` sets it during each generate call to
+    the number of prompt tokens whose state it reused; the core resets it to 0 before each call
+    and reports it as ``Usage.cached_tokens``."""
 
     runtime: Any
     context_length: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cached_tokens: int = 0
 
 
 def thread_count(options: dict[str, str]) -> int | None:
@@ -219,13 +226,17 @@ def load(
     options: Sequence[str] | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     progress: Progress = _quiet,
+    cache_slots: int | None = None,
 ) -> Model:
     """Load ``model`` on a backend, quantizing it into the cache first if needed.
 
     ``model`` is a catalogue name, a hub id, a Hugging Face folder, a GGUF file or an artifact
     folder. ``backend`` defaults to the best installed backend whose hardware is present,
     ``precision`` to the backend's recommended one, ``device`` to its first present device.
+    ``cache_slots``: how many conversations' prompt states a backend with a prefix cache keeps
+    (default ``AIPC_CACHE_SLOTS`` or 1; 0 turns reuse off and every prompt is prefilled whole).
     """
+    slots = prefix.cache_slots(cache_slots)
     reg = registry()
     options = parse_options(options)
     resolved = resolve(model, progress, _detector(reg))
@@ -245,6 +256,7 @@ def load(
     request = LoadRequest(
         backend=chosen.name, artifact_dir=artifact, manifest=manifest, device=device, options=options,
         cache_dir=cache.area("compile", chosen.name), trust_remote_code=trust_remote_code, progress=progress,
+        cache_slots=slots,
     )
     started = time.perf_counter()
     loaded = reg.call(chosen.name, "aipc_load", request=request)
@@ -345,6 +357,7 @@ class Model:
         usage = self.usage = Usage(prompt_tokens=prompt_tokens, finish_reason="cancelled")
         stops = StopStrings(config.stop)
         started = time.perf_counter()
+        self.loaded.cached_tokens = 0
         stream = self.raw_stream(text, config)
         hit = False
         if stream is None:
@@ -378,6 +391,7 @@ class Model:
             if close:
                 close()
             usage.total_s = time.perf_counter() - started
+            usage.cached_tokens = max(0, min(int(self.loaded.cached_tokens or 0), prompt_tokens))
 
     def close(self) -> None:
         """Release the runtime (the backend's objects are dropped)."""

@@ -76,6 +76,9 @@ class Capabilities:
     max_batch_size: int = 1
     beam_search: bool = False
     exact_precisions: tuple[str, ...] = ("fp32", "fp16")  # greedy tokens equal the reference
+    # keeps the KV state of processed prompts (LoadRequest.cache_slots of them) and prefills only
+    # what a new prompt adds to one; reports the reuse in LoadedModel.cached_tokens (aipc.prefix)
+    prefix_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class Usage:
     """Figures of the last generation, measured by the core around the backend's stream."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV state the backend reused (not prefilled again)
     generated_tokens: int = 0
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0

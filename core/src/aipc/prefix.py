@@ -1,0 +1,111 @@
+"""Prefix reuse: keep the KV state of prompts a backend has processed, and find the one a new
+prompt can continue.
+
+A backend that claims ``Capabilities.prefix_cache`` keeps up to ``LoadRequest.cache_slots``
+states (one per recent conversation), each with the token ids it holds. For a new prompt it
+takes the state sharing the longest prefix with the prompt's ids, cuts that state back to the
+common prefix (never stale tokens past it), and prefills only the rest; the least recently used
+state is the one replaced when no state shares anything. This module is the runtime-free part
+of that: which slot, how many tokens; the state itself is the runtime's (a transformers
+``DynamicCache``, an onnxruntime-genai ``Generator``, ...).
+
+    slots = PrefixCache(request.cache_slots)
+    ...
+    slot, reuse = slots.take(prompt_ids)       # in aipc_generate
+    state = slot.state if reuse else new_state()
+    crop(state, reuse); prefill(state, prompt_ids[reuse:])
+    model.cached_tokens = reuse                # reported in Usage.cached_tokens
+    ... generate, then record what the state now holds:
+    slot.hold(state, prompt_ids + generated_ids_fed_to_the_model)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import InvalidConfigError
+
+#: slots a model keeps unless told otherwise (the CLI's one conversation; the server asks for more)
+DEFAULT_SLOTS = 1
+
+
+def cache_slots(value: int | str | None = None) -> int:
+    """The number of slots: ``value``, else ``AIPC_CACHE_SLOTS``, else 1. 0 turns reuse off."""
+    if value is None:
+        value = os.environ.get("AIPC_CACHE_SLOTS", DEFAULT_SLOTS)
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise InvalidConfigError(f"cache slots must be a whole number >= 0, got {value!r}") from None
+    if number < 0:
+        raise InvalidConfigError(f"cache slots must be a whole number >= 0, got {number}")
+    return number
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class Slot:
+    """One kept state and the token ids it holds (what the model has seen, in order)."""
+
+    state: Any = None
+    ids: list[int] = field(default_factory=list)
+    used: int = 0
+
+    def hold(self, state: Any, ids: Sequence[int]) -> None:
+        """Record the state after a generation and exactly the ids it now holds."""
+        self.state, self.ids = state, [int(i) for i in ids]
+
+    def clear(self) -> None:
+        self.state, self.ids = None, []
+
+
+class PrefixCache:
+    """Up to ``slots`` states, least recently used replaced first. ``slots=0``: no reuse."""
+
+    def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
+        self.slots = [Slot() for _ in range(max(int(slots), 0))]
+        self._clock = itertools.count(1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.slots)
+
+    def take(self, ids: Sequence[int]) -> tuple[Slot, int]:
+        """The slot for a prompt of ``ids`` and how many of its leading ids that slot's state
+        can stand for (the rest must be prefilled). At least one id is always left to prefill, so
+        the model computes the logits of the next token.
+
+        A slot whose ids the prompt keeps at least half of is the prompt's own conversation (a
+        next turn, a regenerated answer, a late edit): the one sharing most is taken. Otherwise
+        the least recently used slot is (an empty one first), so a new conversation that merely
+        shares a system prompt does not evict another conversation's state. With no reuse
+        (``slots=0``) the slot is a fresh one, never kept."""
+        if not self.slots:
+            return Slot(), 0
+        scored = [(min(common_prefix(s.ids, ids), len(ids) - 1) if s.state is not None else 0, s) for s in self.slots]
+        own = [(shared, s) for shared, s in scored if shared > 0 and 2 * shared >= len(s.ids)]
+        if own:
+            reuse, slot = max(own, key=lambda pair: (pair[0], pair[1].used))
+        else:
+            reuse, slot = min(scored, key=lambda pair: pair[1].used)
+        slot.used = next(self._clock)
+        if reuse <= 0:
+            reuse = 0
+            slot.clear()  # nothing shared: this slot's old conversation is the one evicted
+        return slot, reuse
+
+    def clear(self) -> None:
+        for slot in self.slots:
+            slot.clear()
