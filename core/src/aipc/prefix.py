@@ -57,10 +57,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass
 class Slot:
-    """One kept state and the token ids it holds (what the model has seen, in order)."""
+    """One kept state, the token ids it holds (what the model has seen, in order) and the length
+    of the prompt that began it (the rest are generated tokens)."""
 
     state: Any = None
     ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
     used: int = 0
 
     def hold(self, state: Any, ids: Sequence[int]) -> None:
@@ -87,20 +89,28 @@ class PrefixCache:
         can stand for (the rest must be prefilled). At least one id is always left to prefill, so
         the model computes the logits of the next token.
 
-        A slot whose ids the prompt keeps at least half of is the prompt's own conversation (a
-        next turn, a regenerated answer, a late edit): the one sharing most is taken. Otherwise
-        the least recently used slot is (an empty one first), so a new conversation that merely
-        shares a system prompt does not evict another conversation's state. With no reuse
-        (``slots=0``) the slot is a fresh one, never kept."""
+        A slot whose whole earlier prompt this one repeats is this prompt's own conversation (a
+        next turn, a regenerated answer): the one sharing most is taken. Otherwise an empty slot;
+        else the slot sharing most, if that is at least half the prompt (an edited conversation);
+        else the least recently used one, continued as far as it shares. So a new conversation that
+        merely shares a system prompt does not evict another conversation's state. With no reuse (``slots=0``) the slot is a fresh one, never
+        kept."""
         if not self.slots:
             return Slot(), 0
-        scored = [(min(common_prefix(s.ids, ids), len(ids) - 1) if s.state is not None else 0, s) for s in self.slots]
-        own = [(shared, s) for shared, s in scored if shared > 0 and 2 * shared >= len(s.ids)]
+        shared = {id(s): common_prefix(s.ids, ids) if s.state is not None else 0 for s in self.slots}
+        own = [s for s in self.slots if s.state is not None and shared[id(s)] >= s.prompt_tokens]
+        empty = [s for s in self.slots if s.state is None]
+        edited = [s for s in self.slots if 2 * shared[id(s)] >= len(ids)]
         if own:
-            reuse, slot = max(own, key=lambda pair: (pair[0], pair[1].used))
+            slot = max(own, key=lambda s: (shared[id(s)], s.used))
+        elif empty:
+            slot = empty[0]
+        elif edited:
+            slot = max(edited, key=lambda s: (shared[id(s)], -s.used))
         else:
-            reuse, slot = min(scored, key=lambda pair: pair[1].used)
-        slot.used = next(self._clock)
+            slot = min(self.slots, key=lambda s: s.used)
+        reuse = min(shared[id(slot)], len(ids) - 1)
+        slot.used, slot.prompt_tokens = next(self._clock), len(ids)
         if reuse <= 0:
             reuse = 0
             slot.clear()  # nothing shared: this slot's old conversation is the one evicted

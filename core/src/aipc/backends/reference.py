@@ -14,6 +14,7 @@ from typing import Iterator
 
 from aipc import __version__, hookimpl
 from aipc.plugins import package_versions
+from aipc.prefix import PrefixCache
 from aipc.errors import InvalidConfigError, InvalidModelError, UnsupportedPrecisionError
 from aipc.streaming import threaded_stream
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
@@ -35,7 +36,7 @@ def aipc_backend_info() -> BackendInfo:
         description="Reference: plain transformers on PyTorch (CPU). Slow, exact; what others are compared with.",
         devices=(Device("CPU", PRECISIONS),),
         default_precision="fp32",
-        capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True),
+        capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True, prefix_cache=True),
         priority=0,
         runtime_versions={"torch": _version("torch"), "transformers": _version("transformers")},
         options=dict(OPTIONS),
@@ -91,7 +92,8 @@ def aipc_load(request):
         raise InvalidModelError(f"cannot load {folder}: {first[:200]}") from None
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None)
-    return LoadedModel(runtime=(model, tokenizer), context_length=context)
+    return LoadedModel(runtime=(model, tokenizer), context_length=context,
+                       extra={"prefix": PrefixCache(request.cache_slots)})
 
 
 def dtype_argument() -> str:
@@ -113,12 +115,15 @@ class _Streamer:
         self.emit = emit
         self.prompt_seen = False
         self.going = True
+        self.ids: list[int] = []  # generated so far
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate() first puts the prompt
             self.prompt_seen = True
             return
-        self.going = self.emit(value.reshape(-1).tolist())
+        ids = value.reshape(-1).tolist()
+        self.ids.extend(ids)
+        self.going = self.emit(ids)
 
     def end(self) -> None:
         pass
@@ -140,13 +145,41 @@ def generation_kwargs(config: GenerationConfig, tokenizer) -> dict:
     return kwargs
 
 
+def _cropped(cache, length: int):
+    """``cache`` (a transformers DynamicCache) cut back to its first ``length`` tokens, or None
+    where it cannot be (a sliding-window layer past its window, a recurrent layer: their state
+    is not a list of per-token entries)."""
+    if cache is None or length <= 0:
+        return None
+    layers = getattr(cache, "layers", None)  # transformers >= 4.56; older caches are plain lists
+    if layers is not None:
+        from transformers.cache_utils import DynamicLayer
+
+        if not all(isinstance(layer, DynamicLayer) for layer in layers):
+            return None
+    try:
+        cache.crop(length)
+    except (ValueError, AttributeError, NotImplementedError):
+        return None
+    return cache if cache.get_seq_length() == length else None
+
+
 @hookimpl
 def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
     hf_model, tokenizer = model.runtime
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    prompt_ids = inputs["input_ids"][0].tolist()
+    # Prefix reuse: continue the kept state of the conversation this prompt extends, cut back
+    # to the tokens it shares with the prompt; generate() then prefills only the rest.
+    slot, reuse = model.extra["prefix"].take(prompt_ids)
+    cache = _cropped(slot.state, reuse)
+    if cache is None:
+        reuse, cache = 0, DynamicCache()
+    model.cached_tokens = reuse
+    slot.clear()  # until this generation has finished and says what the cache holds
 
     def run(emit) -> None:
         streamer = _Streamer(emit)
@@ -158,7 +191,10 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
         if config.seed is not None:
             torch.manual_seed(config.seed)
         with torch.inference_mode():
-            hf_model.generate(**inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            hf_model.generate(**inputs, past_key_values=cache, streamer=streamer,
+                              stopping_criteria=StoppingCriteriaList([Cancelled()]),
                               **generation_kwargs(config, tokenizer))
+        # the cache now holds the prompt and every generated token but the last (never fed back)
+        slot.hold(cache, (prompt_ids + streamer.ids)[: cache.get_seq_length()])
 
     return threaded_stream(run, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))

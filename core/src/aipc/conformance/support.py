@@ -24,10 +24,12 @@ class ModelPool:
     def __init__(self) -> None:
         self.models: dict[tuple, aipc.Model] = {}
 
-    def get(self, model: Path, backend: str, precision: str, device: str | None = None) -> aipc.Model:
-        key = (str(model), backend, precision, device)
+    def get(self, model: Path, backend: str, precision: str, device: str | None = None,
+            cache_slots: int | None = None) -> aipc.Model:
+        key = (str(model), backend, precision, device, cache_slots)
         if key not in self.models:
-            self.models[key] = aipc.load(str(model), backend=backend, precision=precision, device=device)
+            self.models[key] = aipc.load(str(model), backend=backend, precision=precision, device=device,
+                                         cache_slots=cache_slots)
         return self.models[key]
 
 
@@ -36,3 +38,11 @@ def run_raw(model: aipc.Model, prompt: str, system: str | None = None, **setting
     chunks = list(model.raw_stream(model.format_prompt(prompt, system), GenerationConfig(**settings)))
     ids = [i for c in chunks for i in c.ids]
     return "".join(c.text for c in chunks), ids, sum(c.tokens for c in chunks)
+
+
+def run_turn(model: aipc.Model, messages, **settings) -> tuple[str, list[int], int]:
+    """The backend's own stream for a chat-templated conversation: (text, ids, prompt tokens it
+    reported as reused, i.e. ``LoadedModel.cached_tokens``)."""
+    model.loaded.cached_tokens = 0
+    chunks = list(model.raw_stream(model.format_chat(messages), GenerationConfig(**settings)))
+    return "".join(c.text for c in chunks), [i for c in chunks for i in c.ids], model.loaded.cached_tokens

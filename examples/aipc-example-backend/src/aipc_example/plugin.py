@@ -14,6 +14,7 @@ from typing import Iterator
 
 from aipc import hookimpl
 from aipc.errors import InvalidModelError, UnsupportedPrecisionError
+from aipc.prefix import PrefixCache
 from aipc.streaming import IncrementalDecoder
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
@@ -33,7 +34,8 @@ def aipc_backend_info() -> BackendInfo:
         description="Example: PyTorch CPU with dynamic int8 Linear layers and a plain decode loop",
         devices=(Device("CPU", PRECISIONS),),
         default_precision="int8",
-        capabilities=Capabilities(native_stop_strings=False, repetition_penalty=False, exact_precisions=("fp32",)),
+        capabilities=Capabilities(native_stop_strings=False, repetition_penalty=False, exact_precisions=("fp32",),
+                                  prefix_cache=True),
         priority=-10,  # never chosen over a real accelerator unless asked for
         runtime_versions={"torch": version("torch")},
         options={"threads": "PyTorch threads (env AIPC_NUM_THREADS)"},
@@ -89,7 +91,9 @@ def aipc_load(request):
         extra = HFGenerationConfig.from_pretrained(folder).eos_token_id
         eos += extra if isinstance(extra, list) else [extra]
     return LoadedModel(runtime=(model, tokenizer), context_length=config.max_position_embeddings,
-                       extra={"eos": {i for i in eos if i is not None}})
+                       extra={"eos": {i for i in eos if i is not None},
+                              # prefix reuse: the KV caches of the last conversations (see aipc_generate)
+                              "prefix": PrefixCache(request.cache_slots)})
 
 
 @hookimpl
@@ -118,19 +122,34 @@ def _next_token(logits, config: GenerationConfig, generator) -> int:
 @hookimpl
 def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     import torch
+    from transformers import DynamicCache
 
     hf_model, tokenizer = model.runtime
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     decoder = IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    past = None
-    # A plain generator: when the core closes it early (stop string, Ctrl-C) the loop just ends.
-    with torch.inference_mode():
-        for _ in range(config.max_new_tokens):
-            out = hf_model(input_ids=input_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            token = _next_token(out.logits[0, -1].float(), config, generator)
-            if token in model.extra["eos"] and not config.ignore_eos:
-                return
-            yield Chunk(decoder.add([token]), tokens=1, ids=(token,))
-            input_ids = torch.tensor([[token]])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    # Prefix reuse: continue the KV cache of the conversation this prompt extends, cut back to
+    # the tokens both share, and feed only the rest. `seen` is what the cache holds, always.
+    slot, reuse = model.extra["prefix"].take(prompt_ids)
+    past = slot.state if reuse else DynamicCache()
+    past.crop(reuse)
+    model.cached_tokens = reuse
+    seen = list(prompt_ids[:reuse])
+    input_ids = prompt_ids[reuse:]
+    # A plain generator: when the core closes it early (stop string, Ctrl-C) the loop just ends,
+    # and `finally` records what the cache holds for the next prompt.
+    try:
+        with torch.inference_mode():
+            for _ in range(config.max_new_tokens):
+                out = hf_model(input_ids=torch.tensor([input_ids]), past_key_values=past, use_cache=True)
+                past, seen = out.past_key_values, seen + input_ids
+                token = _next_token(out.logits[0, -1].float(), config, generator)
+                if token in model.extra["eos"] and not config.ignore_eos:
+                    break
+                yield Chunk(decoder.add([token]), tokens=1, ids=(token,))
+                input_ids = [token]
+        rest = decoder.flush()
+        if rest:
+            yield Chunk(rest, tokens=0)
+    finally:
+        slot.hold(past, seen)

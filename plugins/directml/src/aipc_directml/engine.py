@@ -4,7 +4,14 @@ og.Generator loop with a tokenizer stream.
 Uses only the API that onnxruntime-genai 0.13 (the newest DirectML build on PyPI) shares with
 0.18: Config (clear_providers, append_provider, overlay), Model, Tokenizer (encode, create_stream),
 GeneratorParams.set_search_options, Generator (append_tokens, generate_next_token,
-get_next_tokens, is_done) and is_dml_available.
+get_next_tokens, get_sequence, rewind_to, is_done) and is_dml_available.
+
+Prefix reuse: a generator is kept per slot (``aipc.prefix.PrefixCache``). A new prompt that
+begins with ids a kept generator holds rewinds it to the common prefix (``rewind_to``) and
+appends only the rest (``append_tokens``), the pattern of onnxruntime-genai's own model-chat.py.
+onnxruntime-genai refuses that continuation when the KV cache lives on DirectML (it allows CPU,
+CUDA, WebGPU, OpenVINO, TensorRT-RTX, RyzenAI), so on the ``dml`` provider every prompt gets a
+new generator.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
+from aipc.prefix import PrefixCache, Slot
 from aipc.types import Chunk, GenerationConfig
 
 from . import artifact
@@ -34,6 +42,24 @@ class Runtime:
     # backend's text for the same tokens, invalid UTF-8 included (onnxruntime-genai's own stream
     # drops incomplete byte sequences, transformers shows U+FFFD); else onnxruntime-genai's stream
     decode: Any = None
+    slots: PrefixCache = field(default_factory=lambda: PrefixCache(0))  # kept generators (_Kept)
+
+
+#: a kept generator's max_length: twice what its first prompt needs, at least this, at most the
+#: context. The KV buffer is allocated at max_length (past_present_share_buffer), so this is the
+#: memory a slot holds; a conversation that outgrows it gets a new generator, twice as long.
+KEEP_MIN_LENGTH = 1024
+
+
+@dataclass
+class _Kept:
+    """A generator kept in a slot: the search options it was made with (fixed for its life),
+    its max_length and whether a stream is running on it."""
+
+    generator: Any
+    key: tuple
+    max_length: int
+    busy: bool = False
 
 
 def _og():
@@ -103,6 +129,10 @@ def load(request, device: str):
             raise BackendUnavailableError(f"DirectML cannot run this model here: {message}") from None
         raise InvalidModelError(f"cannot load {folder}: {message}") from None
     runtime = Runtime(model, tokenizer, provider, target, artifact.context_length(config))
+    # continuing a generator: CPU provider only (onnxruntime-genai refuses it on DirectML), and a
+    # context length to size the kept generators' max_length
+    if provider == "cpu" and runtime.context_length and hasattr(og.Generator, "rewind_to"):
+        runtime.slots = PrefixCache(request.cache_slots)
     runtime.added = _added_tokens(tokenizer)
     runtime.decode = hf_decoder(folder)  # the reference's text for the same ids (see aipc.streaming)
     request.progress(f"Loaded on the {provider.upper()} execution provider (model built for {target})")
@@ -158,43 +188,115 @@ def search_options(config: GenerationConfig, prompt_tokens: int, context: int | 
     return options
 
 
+def _reuse_key(options: dict[str, Any]) -> tuple | None:
+    """What a kept generator must have been made with to serve a request with these search
+    options (onnxruntime-genai fixes them when it makes a generator; max_length and min_length
+    are the kept generator's own), or None when the request needs a generator of its own: a
+    seeded sampling run must repeat, which a generator whose random state has moved on cannot."""
+    if options["do_sample"] and "random_seed" in options:
+        return None
+    ignored = ("max_length", "min_length") if options["do_sample"] else ("max_length", "min_length", "random_seed")
+    kept = tuple(sorted((k, v) for k, v in options.items() if k not in ignored))
+    return kept + (("ignore_eos", options["min_length"] > 0),)
+
+
 def generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     runtime: Runtime = model.runtime
     if runtime is None:
         raise InvalidConfigError("the model was closed")
-    og = _og()
     ids = encode(model, prompt)
     if not ids:
         raise InvalidConfigError("the prompt is empty: it has no tokens")
     context = runtime.context_length
     if context and len(ids) >= context:
         raise PromptTooLongError(f"the prompt has {len(ids)} tokens; the model's context is {context}")
+    options = search_options(config, len(ids), context)
+    model.cached_tokens = 0
+    key = _reuse_key(options) if runtime.slots.enabled else None
+    if key is None:  # a generator for this prompt alone, sized to it
+        generator = _generator(runtime, options)
+        return _stream(_decoder(runtime), generator, ids, config.max_new_tokens)
+    return _stream_kept(model, runtime, options, key, ids, config.max_new_tokens)
+
+
+def _generator(runtime: Runtime, options: dict[str, Any]):
+    og = _og()
     try:
         params = og.GeneratorParams(runtime.model)
-        params.set_search_options(**search_options(config, len(ids), context))
-        generator = og.Generator(runtime.model, params)
+        params.set_search_options(**options)
+        return og.Generator(runtime.model, params)
     except Exception as error:
         raise InvalidConfigError(f"onnxruntime-genai refused the settings: {_first_line(error)}") from None
+
+
+def _decoder(runtime: Runtime):
     if runtime.decode is not None:
         from aipc.streaming import IncrementalDecoder
 
-        decode = IncrementalDecoder(runtime.decode).add
-    else:
-        stream = runtime.tokenizer.create_stream()
-        decode = lambda ids: stream.decode(ids[0])  # noqa: E731
-    return _stream(generator, decode, ids, config.max_new_tokens)
+        return IncrementalDecoder(runtime.decode).add
+    stream = runtime.tokenizer.create_stream()
+    return lambda ids: stream.decode(ids[0])  # noqa: E731
 
 
-def _stream(generator, decode, ids: list[int], max_new_tokens: int) -> Iterator[Chunk]:
-    """One Chunk per generated token. Work happens only while the consumer pulls, so closing
-    the iterator early (stop string, Ctrl-C) stops the runtime at once."""
+def _stream(decode, generator, ids: list[int], max_new_tokens: int) -> Iterator[Chunk]:
+    """One Chunk per generated token from a generator made for this prompt. Work happens only
+    while the consumer pulls, so closing the iterator early (stop string, Ctrl-C) stops the
+    runtime at once."""
     try:
         generator.append_tokens(ids)  # the prompt: processed with the first token (prefill)
-        produced = 0
-        while produced < max_new_tokens and not generator.is_done():
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            produced += 1
-            yield Chunk(decode([token]), tokens=1, ids=(token,))
+        yield from _tokens(generator, decode, max_new_tokens)
     finally:
         del generator
+
+
+def _tokens(generator, decode, max_new_tokens: int) -> Iterator[Chunk]:
+    produced = 0
+    while produced < max_new_tokens and not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        produced += 1
+        yield Chunk(decode([token]), tokens=1, ids=(token,))
+
+
+def _stream_kept(model, runtime: Runtime, options: dict[str, Any], key: tuple, ids: list[int],
+                 max_new_tokens: int) -> Iterator[Chunk]:
+    """As ``_stream``, on the generator of the slot sharing the longest prefix with ``ids``: it is
+    rewound to the common prefix and only the rest is appended. A kept generator's max_length
+    is generator-wide (``KEEP_MIN_LENGTH``); ``max_new_tokens`` is counted here, the context
+    limit was checked on the whole prompt.
+    Afterwards the slot records exactly the ids the generator's KV state holds: its sequence
+    minus the last sampled token, which has not been fed to the model yet."""
+    slot, reuse = runtime.slots.take(ids)
+    kept, needed = slot.state, options["max_length"]
+    if kept is None or kept.busy or kept.key != key or needed > kept.max_length:
+        # nothing shared, a stream still running on it, other settings, or outgrown: a new generator
+        reuse = 0
+        length = min(runtime.context_length, max(2 * needed, KEEP_MIN_LENGTH))
+        sized = {**options, "max_length": length, "min_length": length if options["min_length"] else 0}
+        kept = _Kept(_generator(runtime, sized), key, length)
+        if slot.state is None or not slot.state.busy:
+            slot.hold(kept, [])
+        else:  # the slot's generator is streaming elsewhere: leave it to that stream
+            slot = Slot()
+    model.cached_tokens = reuse
+    kept.busy, produced, held = True, 0, None
+    generator = kept.generator
+    try:
+        if reuse:
+            generator.rewind_to(reuse)
+        generator.append_tokens(ids[reuse:])
+        for chunk in _tokens(generator, _decoder(runtime), max_new_tokens):
+            produced += 1
+            yield chunk
+        held = True
+    except GeneratorExit:  # closed midway: the state is consistent at a yield
+        held = True
+        raise
+    finally:
+        kept.busy = False
+        if slot.state is kept:
+            if held:
+                sequence = generator.get_sequence(0)
+                slot.hold(kept, sequence[: len(sequence) - (1 if produced else 0)])
+            else:  # an error inside the runtime: what the state holds is unknown
+                slot.clear()

@@ -120,6 +120,9 @@ def aipc_backend_info() -> BackendInfo:
             seed_determinism=True,  # search option random_seed
             repetition_penalty=True,
             exact_precisions=("fp32", "fp16"),
+            # a kept og.Generator per slot, rewound and appended to (engine.py); CPU provider only:
+            # onnxruntime-genai refuses to continue a generator whose KV cache is on DirectML
+            prefix_cache=True,
         ),
         priority=30,
         runtime_versions=versions,
