@@ -36,12 +36,13 @@ def test_suite_fails_each_broken_backend_exactly_where_it_should(backend, expect
 
 
 def test_suite_fails_a_prefix_cache_that_reuses_stale_state(tmp_path):
-    result, outcomes, _ = certify("broken-prefix", tmp_path, "-k", "prefix")
+    result, outcomes, _ = certify("broken-prefix", tmp_path)
     assert result.returncode == 1
     assert "test_edited_conversation_reuses_only_the_common_prefix" in failed(outcomes), outcomes
+    # stale state spoils any later prompt sharing a template prefix: the token comparisons fail, nothing else
     assert failed(outcomes) <= {"test_next_turn_reuses_and_matches_cold_run", "test_interleaved_conversations_keep_their_state",
                                 "test_edited_conversation_reuses_only_the_common_prefix",
-                                "test_state_after_a_closed_stream_is_usable"}, outcomes
+                                "test_state_after_a_closed_stream_is_usable", "test_greedy_tokens_match_reference"}, outcomes
 
 
 def test_suite_fails_a_drifting_fp16_on_token_agreement(tmp_path):
