@@ -20,7 +20,7 @@ _LAZY = {
     "QuantizeRequest": "runtime", "LoadRequest": "runtime",
     "GenerationConfig": "types", "Capabilities": "types", "BackendInfo": "types", "Device": "types",
     "Chunk": "types", "Manifest": "types", "Usage": "types", "PRECISIONS": "types",
-    "registry": "plugins",
+    "registry": "plugins", "Constraint": "constraints",
 }
 
 

@@ -336,6 +336,9 @@ class Model:
             raise InvalidConfigError(f"backend {self.backend!r} does not support repetition_penalty")
         if config.sampling and not caps.sampling:
             raise InvalidConfigError(f"backend {self.backend!r} does not sample; leave temperature at 0")
+        if config.constraint is not None and config.constraint.kind not in caps.constraints:
+            can = f"it can: {', '.join(caps.constraints)}" if caps.constraints else "it constrains no output"
+            raise InvalidConfigError(f"backend {self.backend!r} cannot constrain output to a {config.constraint.kind} ({can})")
         prompt_tokens = len(self.tokenize(text))
         if caps.max_prompt_tokens and prompt_tokens > caps.max_prompt_tokens:
             raise PromptTooLongError(

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .constraints import Constraint
 from .errors import InvalidConfigError, InvalidModelError
 
 #: Precisions a backend may offer, from widest to narrowest.
@@ -76,6 +77,8 @@ class Capabilities:
     max_batch_size: int = 1
     beam_search: bool = False
     exact_precisions: tuple[str, ...] = ("fp32", "fp16")  # greedy tokens equal the reference
+    # kinds of aipc.constraints.Constraint the backend's generate honours ("json_schema", "regex", "grammar")
+    constraints: tuple[str, ...] = ()
     # keeps the KV state of processed prompts (LoadRequest.cache_slots of them) and prefills only
     # what a new prompt adds to one; reports the reuse in LoadedModel.cached_tokens (aipc.prefix)
     prefix_cache: bool = False
@@ -134,6 +137,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks force exactly max_new_tokens
+    constraint: Constraint | None = None  # the text must match a JSON schema, regex or grammar
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -153,6 +157,8 @@ class GenerationConfig:
         if any(not s for s in self.stop):
             raise InvalidConfigError("stop strings must not be empty")
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise InvalidConfigError("constraint must be an aipc.constraints.Constraint")
         if self.do_sample and self.temperature == 0:
             object.__setattr__(self, "temperature", 1.0)
 

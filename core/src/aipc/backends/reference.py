@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from aipc import __version__, hookimpl
+from aipc import __version__, guidance, hookimpl
 from aipc.plugins import package_versions
 from aipc.prefix import PrefixCache
 from aipc.errors import InvalidConfigError, InvalidModelError, UnsupportedPrecisionError
@@ -36,7 +36,8 @@ def aipc_backend_info() -> BackendInfo:
         description="Reference: plain transformers on PyTorch (CPU). Slow, exact; what others are compared with.",
         devices=(Device("CPU", PRECISIONS),),
         default_precision="fp32",
-        capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True, prefix_cache=True),
+        capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True, prefix_cache=True,
+                                  constraints=guidance.KINDS),
         priority=0,
         runtime_versions={"torch": _version("torch"), "transformers": _version("transformers")},
         options=dict(OPTIONS),
@@ -93,7 +94,7 @@ def aipc_load(request):
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None)
     return LoadedModel(runtime=(model, tokenizer), context_length=context,
-                       extra={"prefix": PrefixCache(request.cache_slots)})
+                       extra={"prefix": PrefixCache(request.cache_slots), "guide": guidance.Guide(tokenizer)})
 
 
 def dtype_argument() -> str:
@@ -167,9 +168,12 @@ def _cropped(cache, length: int):
 @hookimpl
 def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     import torch
-    from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+    from transformers import DynamicCache, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
     hf_model, tokenizer = model.runtime
+    processors = LogitsProcessorList()
+    if config.constraint is not None:  # llguidance masks each step's logits (compiled before any work)
+        processors.append(model.extra["guide"].logits_processor(config.constraint))
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     prompt_ids = inputs["input_ids"][0].tolist()
     # Prefix reuse: continue the kept state of the conversation this prompt extends, cut back
@@ -191,7 +195,7 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
         if config.seed is not None:
             torch.manual_seed(config.seed)
         with torch.inference_mode():
-            hf_model.generate(**inputs, past_key_values=cache, streamer=streamer,
+            hf_model.generate(**inputs, past_key_values=cache, streamer=streamer, logits_processor=processors,
                               stopping_criteria=StoppingCriteriaList([Cancelled()]),
                               **generation_kwargs(config, tokenizer))
         # the cache now holds the prompt and every generated token but the last (never fed back)
