@@ -46,3 +46,33 @@ def run_turn(model: aipc.Model, messages, **settings) -> tuple[str, list[int], i
     model.loaded.cached_tokens = 0
     chunks = list(model.raw_stream(model.format_chat(messages), GenerationConfig(**settings)))
     return "".join(c.text for c in chunks), [i for c in chunks for i in c.ids], model.loaded.cached_tokens
+
+
+#: JSON schemas a constrained backend must honour: nested objects, arrays, enums, bounded
+#: numbers, required fields, string patterns (bounded, so every answer can end well within 160 tokens)
+SCHEMAS = (
+    {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"], "additionalProperties": False},
+    {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}}, "required": ["answer"], "additionalProperties": False},
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["n"], "additionalProperties": False},
+    {"type": "object", "properties": {"colors": {"type": "array", "items": {"type": "string", "maxLength": 12},
+                                                 "minItems": 1, "maxItems": 3}}, "required": ["colors"], "additionalProperties": False},
+    {"type": "object", "properties": {"person": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"], "additionalProperties": False}}, "required": ["person"], "additionalProperties": False},
+    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["code"], "additionalProperties": False},
+    {"type": "object", "properties": {"ok": {"type": "boolean"}, "score": {"type": "number", "minimum": 0, "maximum": 1}},
+     "required": ["ok", "score"], "additionalProperties": False},
+    {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 10}, "minItems": 2, "maxItems": 4},
+    {"type": "object", "properties": {"title": {"type": "string", "maxLength": 30},
+                                      "tags": {"type": "array", "items": {"enum": ["news", "sport", "tech"]}, "maxItems": 2}},
+     "required": ["title", "tags"], "additionalProperties": False},
+    {"type": "object", "properties": {"date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+                                      "event": {"type": "string", "maxLength": 24}}, "required": ["date", "event"], "additionalProperties": False},
+)
+#: one question per schema
+SCHEMA_PROMPTS = (
+    "What is the capital of France?", "Is the sky blue?", "How many legs does a spider have?",
+    "Name some colors of the rainbow.", "Describe a person.", "What is the currency code of Japan?",
+    "Is water wet? Give a confidence score.", "Pick a few numbers.", "Write a headline about football.",
+    "When did the first moon landing happen?",
+)
