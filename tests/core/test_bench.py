@@ -53,3 +53,27 @@ def test_bench_cli_variants_are_labelled_in_the_table(aipc_cli, tiny_phi3):
     assert "transformers/fp32/CPU [threads=1]" in result.stdout, result.stdout
     bad = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "--variant", "nosuchoption=1", "--runs", "1")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error:"), bad.stderr
+
+
+def test_bench_conversation_reports_reuse_per_turn_on_and_off(aipc_cli, tiny_phi3, tmp_path):
+    report, chart = tmp_path / "turns.json", tmp_path / "turns.png"
+    result = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "-p", "fp32", "--turns", "3", "--runs", "1",
+                      "--warmup", "0", "--prompt-tokens", "8", "--new-tokens", "4", "--json", str(report),
+                      "--plot", str(chart))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["settings"]["turns"] == 3
+    on, off = data["results"]  # --turns without --cache-slots: reuse on (1 slot) and off (0), side by side
+    assert (on["cache_slots"], off["cache_slots"]) == (1, 0) and off["label"].endswith("[cache_slots=0]")
+    assert [t["turn"] for t in on["turns"]] == [1, 2, 3]
+    assert on["turns"][0]["cached_tokens"] == 0
+    for before, turn in zip(on["turns"], on["turns"][1:]):  # each turn reuses the history sent before
+        assert before["prompt_tokens"] - 2 <= turn["cached_tokens"] < turn["prompt_tokens"], on["turns"]
+    assert all(t["cached_tokens"] == 0 for t in off["turns"])
+    # the same greedy answers either way, so the same conversation
+    assert [t["prompt_tokens"] for t in on["turns"]] == [t["prompt_tokens"] for t in off["turns"]]
+    assert all(t["ttft_ms"] > 0 and t["decode_tps"] > 0 for r in (on, off) for t in r["turns"])
+    assert "cached tokens" in result.stdout and "cache_slots=0" in result.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "--turns", "2", "--cache-slots", "-1")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error: cache slots"), bad.stderr

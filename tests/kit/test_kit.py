@@ -45,6 +45,14 @@ def test_suite_fails_a_prefix_cache_that_reuses_stale_state(tmp_path):
                                 "test_state_after_a_closed_stream_is_usable", "test_greedy_tokens_match_reference"}, outcomes
 
 
+def test_suite_fails_a_backend_that_drops_the_constraint(tmp_path):
+    result, outcomes, _ = certify("broken-constraint", tmp_path, "-k", "constrain or schema or regex",
+                                  marks="real_model or not real_model")
+    assert result.returncode == 1
+    assert failed(outcomes) == {"test_json_schema_output_validates", "test_regex_and_grammar_output_match",
+                                "test_constrained_greedy_output_matches_reference"}, outcomes
+
+
 def test_suite_fails_a_drifting_fp16_on_token_agreement(tmp_path):
     result, outcomes, _ = certify("broken-fp16", tmp_path, "-k", "greedy", marks="real_model or not real_model")
     assert result.returncode == 1

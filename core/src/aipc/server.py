@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both streaming with
 server-sent events or not), ``GET /v1/models[/ID]`` and ``GET /health`` (per model: loaded,
-running, waiting, loads, completed, cancelled, failed, rejected, the last finish_reason).
+running, waiting, loads, completed, cancelled, failed, rejected, the last finish_reason,
+completion and cached token counts).
 Request fields beyond OpenAI's: ``top_k``, ``repetition_penalty`` and ``ignore_eos`` (as vLLM);
 other unknown fields are ignored, known ones are type-checked strictly.
 
@@ -17,6 +18,11 @@ How it works:
   A client that goes away (streaming or not) sets the job's cancel flag; the worker then
   closes the generation iterator, which stops the backend (finish_reason ``cancelled`` in the
   log and in ``/health``).
+- Prefix reuse: each model keeps the KV state of its ``--cache-slots`` most recent
+  conversations (if its backend has a prefix cache), so a client resending a growing history
+  has only the new part prefilled, with no session id; ``usage.prompt_tokens_details.cached_tokens``
+  says how many prompt tokens were reused. Requests of a model run one at a time, so the slots are
+  never shared by two generations at once; a cancelled generation leaves its slot usable.
 - Backend, precision, device and ``-o`` options are server-wide (the CLI's); a client names
   a model by its id in ``/v1/models``: the ``--model`` text itself, or a path's last part.
 - Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for
@@ -204,7 +210,8 @@ class ModelSlot:
         self.lock = threading.Lock()
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.stats: dict[str, Any] = {"loads": 0, "completed": 0, "cancelled": 0, "failed": 0, "rejected": 0,
-                                      "last_finish_reason": None, "last_completion_tokens": None}
+                                      "last_finish_reason": None, "last_completion_tokens": None,
+                                      "last_cached_tokens": None}
         self.durations: list[float] = []  # of recent requests, for Retry-After
         self.thread = threading.Thread(target=self._work, name=f"aipc-serve-{model_id}", daemon=True)
         self.thread.start()
@@ -293,10 +300,11 @@ class ModelSlot:
         self.stats["cancelled" if usage.finish_reason == "cancelled" else "completed"] += 1
         self.stats["last_finish_reason"] = usage.finish_reason
         self.stats["last_completion_tokens"] = usage.generated_tokens
+        self.stats["last_cached_tokens"] = usage.cached_tokens
         self.durations = (self.durations + [time.perf_counter() - started])[-20:]
-        log.info("%s: finish_reason=%s prompt_tokens=%d completion_tokens=%d ttft=%.3fs decode=%.1f tok/s",
-                 self.id, usage.finish_reason, usage.prompt_tokens, usage.generated_tokens,
-                 usage.time_to_first_token_s, usage.decode_tokens_per_s)
+        log.info("%s: finish_reason=%s prompt_tokens=%d cached_tokens=%d completion_tokens=%d ttft=%.3fs "
+                 "decode=%.1f tok/s", self.id, usage.finish_reason, usage.prompt_tokens, usage.cached_tokens,
+                 usage.generated_tokens, usage.time_to_first_token_s, usage.decode_tokens_per_s)
         job.emit(*(("error", STOPPING) if self.stopping else ("done", usage)))
 
     def _loaded(self):
@@ -510,9 +518,10 @@ async def _answer(request: Request, slot: ModelSlot, job: Job, body: _Request, c
             "usage": _usage(usage)}
 
 
-def _usage(usage) -> dict[str, int]:
+def _usage(usage) -> dict[str, Any]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.generated_tokens,
-            "total_tokens": usage.prompt_tokens + usage.generated_tokens}
+            "total_tokens": usage.prompt_tokens + usage.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 async def _sse(job: Job, first: tuple[str, Any], model_id: str, chat: bool, include_usage: bool):
@@ -557,19 +566,21 @@ async def _sse(job: Job, first: tuple[str, Any], model_id: str, chat: bool, incl
 def serve(host: str = "127.0.0.1", port: int = 8000, model_names: tuple[str, ...] = (), backend: str | None = None,
           precision: str | None = None, device: str | None = None, options: tuple[str, ...] = (),
           trust_remote_code: bool = False, api_key: str | None = None, keep_alive: float = 300.0,
-          max_queue: int = 8, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          max_queue: int = 8, max_body_bytes: int = MAX_BODY_BYTES, cache_slots: int = 4) -> None:
     """Run the server until Ctrl-C. Bad settings raise :class:`aipc.errors.AipcError` before it starts."""
     import uvicorn
 
     from .plugins import registry
     from .runtime import choose, parse_options
 
+    if cache_slots < 0:
+        raise InvalidConfigError(f"--cache-slots must be a whole number >= 0, got {cache_slots}")
     if max_queue < 0:
         raise InvalidConfigError(f"--max-queue must be >= 0, got {max_queue}")
     if backend or precision or device:  # fail now, not on the first request
         choose(registry(), backend, precision, device, need_present=True)
     load_kwargs = {"backend": backend, "precision": precision, "device": device, "options": parse_options(options),
-                   "trust_remote_code": trust_remote_code}
+                   "trust_remote_code": trust_remote_code, "cache_slots": cache_slots}
     app = create_app(tuple(model_names), load_kwargs, api_key=api_key or None, keep_alive=keep_alive,
                      max_queue=max_queue, max_body_bytes=max_body_bytes)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

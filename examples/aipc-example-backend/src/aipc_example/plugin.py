@@ -12,7 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Iterator
 
-from aipc import hookimpl
+from aipc import guidance, hookimpl
 from aipc.errors import InvalidModelError, UnsupportedPrecisionError
 from aipc.prefix import PrefixCache
 from aipc.streaming import IncrementalDecoder
@@ -35,7 +35,7 @@ def aipc_backend_info() -> BackendInfo:
         devices=(Device("CPU", PRECISIONS),),
         default_precision="int8",
         capabilities=Capabilities(native_stop_strings=False, repetition_penalty=False, exact_precisions=("fp32",),
-                                  prefix_cache=True),
+                                  prefix_cache=True, constraints=guidance.KINDS),
         priority=-10,  # never chosen over a real accelerator unless asked for
         runtime_versions={"torch": version("torch")},
         options={"threads": "PyTorch threads (env AIPC_NUM_THREADS)"},
@@ -93,7 +93,9 @@ def aipc_load(request):
     return LoadedModel(runtime=(model, tokenizer), context_length=config.max_position_embeddings,
                        extra={"eos": {i for i in eos if i is not None},
                               # prefix reuse: the KV caches of the last conversations (see aipc_generate)
-                              "prefix": PrefixCache(request.cache_slots)})
+                              "prefix": PrefixCache(request.cache_slots),
+                              # constrained output: llguidance masks each step's logits
+                              "guide": guidance.Guide(tokenizer)})
 
 
 @hookimpl
@@ -128,6 +130,7 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     decoder = IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    matcher = model.extra["guide"].matcher(config.constraint) if config.constraint else None
     # Prefix reuse: continue the KV cache of the conversation this prompt extends, cut back to
     # the tokens both share, and feed only the rest. `seen` is what the cache holds, always.
     slot, reuse = model.extra["prefix"].take(prompt_ids)
@@ -143,9 +146,14 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
             for _ in range(config.max_new_tokens):
                 out = hf_model(input_ids=torch.tensor([input_ids]), past_key_values=past, use_cache=True)
                 past, seen = out.past_key_values, seen + input_ids
-                token = _next_token(out.logits[0, -1].float(), config, generator)
+                logits = out.logits[0, -1].float()
+                if matcher is not None:
+                    model.extra["guide"].mask_(matcher, logits)
+                token = _next_token(logits, config, generator)
                 if token in model.extra["eos"] and not config.ignore_eos:
                     break
+                if matcher is not None:
+                    matcher.consume_token(token)
                 yield Chunk(decoder.add([token]), tokens=1, ids=(token,))
                 input_ids = [token]
         rest = decoder.flush()
