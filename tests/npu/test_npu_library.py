@@ -1,6 +1,6 @@
 """The library engine (Intel NPU Acceleration Library) on its CPU stand-in (NPU-EMU: the
 library's own OpenVINO CPU fallback): agreement with plain PyTorch, one worker process per
-model, the working directory, tied embeddings, cancellation."""
+model, the working directory, tied embeddings, cancellation, prefix reuse."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 import aipc
 from aipc.errors import BackendError
+from aipc.prefix import common_prefix
 from aipc.types import GenerationConfig
 from npu_support import PROMPTS, agreement, needs_engine, raw
 
@@ -139,3 +140,78 @@ def test_a_dead_worker_is_a_backend_error(tiny):
     with pytest.raises(BackendError, match="worker"):
         model.complete("Hello", max_new_tokens=2)
     model.loaded.runtime.close()
+
+
+# ------------------------------------------------------------------ prefix reuse
+
+SYSTEM = ("You are a helpful AI assistant. You answer briefly, you stay polite, you say so when you do not "
+          "know, and you never make up facts about people, places or dates.")
+
+
+@pytest.fixture(scope="module")
+def reuse_pair(tiny):
+    """The tiny Phi-3 at fp16 twice: one keeping a prompt state (one slot), one prefilling every
+    prompt whole (``cache_slots=0``), the cold run the reused one must match."""
+    options = {"engine": ENGINE} if os.environ.get("AIPC_NPU_ENGINE") != ENGINE else {}
+    models = [aipc.load(str(tiny), backend="npu", precision="fp16", device="NPU-EMU", options=options, cache_slots=n)
+              for n in (1, 0)]
+    yield models
+    for model in models:
+        model.loaded.runtime.close()
+
+
+def turn(model, messages, n=TOKENS) -> tuple[list[int], int]:
+    """Greedy ids of the next assistant message and the prompt tokens the backend reused."""
+    chunks = list(model.raw_stream(model.format_chat(messages), GenerationConfig(max_new_tokens=n, ignore_eos=True)))
+    return [i for c in chunks for i in c.ids], model.loaded.cached_tokens
+
+
+def conversation(model, first="Can you introduce yourself?"):
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": first}]
+    ids, _ = turn(model, messages)
+    return messages + [{"role": "assistant", "content": model.loaded.runtime.decode(ids)},
+                       {"role": "user", "content": "And what is the capital of France?"}]
+
+
+def test_the_second_turn_reuses_the_first_and_matches_a_cold_run(reuse_pair):
+    on, off = reuse_pair
+    messages = conversation(on)
+    got, cached = turn(on, messages)
+    want, cold = turn(off, messages)
+    assert on.capabilities.prefix_cache
+    assert cached > len(on.tokenize(on.format_chat(messages[:2]))) // 2, cached
+    assert cold == 0
+    assert got == want
+
+
+def test_an_edited_earlier_message_reuses_only_the_common_prefix(reuse_pair):
+    on, off = reuse_pair
+    messages = conversation(on)
+    before = on.tokenize(on.format_chat(messages))
+    turn(on, messages)  # the slot now holds this prompt and its answer
+    messages[1] = {"role": "user", "content": "Can you introduce your sister?"}
+    after = on.tokenize(on.format_chat(messages))
+    got, cached = turn(on, messages)
+    assert 0 < cached == common_prefix(before, after) < len(after) - 5, (cached, len(after))
+    assert got == turn(off, messages)[0]
+
+
+def test_a_stream_closed_midway_leaves_a_usable_state(reuse_pair):
+    on, off = reuse_pair
+    messages = conversation(on)
+    prompt = on.tokenize(on.format_chat(messages))
+    stream = on.raw_stream(on.format_chat(messages), GenerationConfig(max_new_tokens=200, ignore_eos=True))
+    for _, chunk in zip(range(3), stream):
+        assert chunk.tokens
+    stream.close()  # the worker stops; its cache holds the prompt and some answer tokens
+    got, cached = turn(on, messages)  # regenerate: all the prompt but its last token is reused
+    assert cached == len(prompt) - 1
+    assert got == turn(off, messages)[0]
+
+
+def test_cache_slots_0_reuses_nothing(reuse_pair):
+    _, off = reuse_pair
+    messages = conversation(off)
+    assert turn(off, messages)[1] == 0
+    assert turn(off, messages)[1] == 0
+    assert "".join(off.chat(messages, max_new_tokens=3)) is not None and off.usage.cached_tokens == 0

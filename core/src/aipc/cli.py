@@ -111,6 +111,9 @@ def backends(as_json: bool) -> None:
         for dev in row["devices"]:
             state = "present" if dev["present"] else f"absent: {dev['reason']}"
             click.echo(f"    {dev['name']:<8} {', '.join(dev['precisions']):<24} {state}")
+        caps = row["capabilities"]
+        click.echo(f"    prefix cache: {'yes' if caps.get('prefix_cache') else 'no'}; constrained output: "
+                   f"{', '.join(caps.get('constraints') or ()) or 'none'}")
 
 
 # ---------------------------------------------------------------------------------- shared options

@@ -13,6 +13,9 @@ GenAI for the NPU). It is kept as an optional engine because the walkthrough use
   models in one process abort. The worker runs in ``<aipc cache>/compile/npu/library-workdir``
   (the library writes ``./cache`` and ``./nc_workspace`` into its working directory) and logs to
   ``<...>/library-logs``. Tokenizing and detokenizing happen here, in the parent.
+- Prefix reuse: the worker keeps ``cache_slots`` KV caches (transformers ``DynamicCache``) and
+  continues the one a prompt extends, cropped to the common prefix; it reports the tokens reused
+  before the first token, and :meth:`LibraryModel.generate` sets ``LoadedModel.cached_tokens``.
 - Without an NPU the library falls back to OpenVINO's CPU plugin by itself: that is the
   ``NPU-EMU`` stand-in here (0.2-0.6x plain PyTorch: a correctness path, never NPU performance).
 """
@@ -117,7 +120,7 @@ class LibraryModel:
     """A model loaded by the library in its own worker process."""
 
     def __init__(self, folder: Path, precision: str, device: str, workdir: Path, threads: int | None = None,
-                 progress=lambda *a, **k: None) -> None:
+                 progress=lambda *a, **k: None, cache_slots: int = 1) -> None:
         from transformers import AutoTokenizer
 
         self.folder = Path(folder)
@@ -145,7 +148,7 @@ class LibraryModel:
         )
         _workers.add(self)
         self._send(op="load", folder=str(self.folder), precision=precision, device=NPU if device == NPU else device,
-                   threads=threads)
+                   threads=threads, cache_slots=cache_slots)
         reply = self._read(LOAD_TIMEOUT_S)
         if "error" in reply:
             self.close()
@@ -208,15 +211,16 @@ class LibraryModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def generate(self, prompt: str, config: GenerationConfig, context_length: int | None) -> Iterator[Chunk]:
+    def generate(self, prompt: str, config: GenerationConfig, context_length: int | None, loaded=None) -> Iterator[Chunk]:
+        """Stream the answer; ``loaded`` (the LoadedModel) gets ``cached_tokens`` before the first chunk."""
         ids = self.tokenize(prompt)
         if context_length and len(ids) >= context_length:
             raise PromptTooLongError(f"the prompt has {len(ids)} tokens; the model's context is {context_length}")
         if context_length and len(ids) + config.max_new_tokens > context_length:
             config = config.with_(max_new_tokens=context_length - len(ids))
-        return self._stream(ids, config)
+        return self._stream(ids, config, loaded)
 
-    def _stream(self, ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+    def _stream(self, ids: list[int], config: GenerationConfig, loaded=None) -> Iterator[Chunk]:
         if not self.busy.acquire(blocking=False):
             raise BackendError("this model is already generating (one stream at a time)")
         finished = False
@@ -226,7 +230,10 @@ class LibraryModel:
             decoder = IncrementalDecoder(self.decode)
             while True:
                 reply = self._read()
-                if "ids" in reply:
+                if "cached" in reply:
+                    if loaded is not None:
+                        loaded.cached_tokens = int(reply["cached"])
+                elif "ids" in reply:
                     yield Chunk(decoder.add(reply["ids"]), tokens=len(reply["ids"]), ids=tuple(reply["ids"]))
                 elif reply.get("done"):
                     finished = True
@@ -254,10 +261,11 @@ class LibraryModel:
             self.busy.release()
 
 
-def load(folder: Path, precision: str, device: str, cache_dir: Path, threads: int | None, progress) -> LibraryModel:
+def load(folder: Path, precision: str, device: str, cache_dir: Path, threads: int | None, progress,
+         cache_slots: int = 1) -> LibraryModel:
     if device not in (NPU, EMULATED, "AUTO"):
         raise BackendUnavailableError(f"the library engine has no device {device!r}")
-    return LibraryModel(folder, precision, device, Path(cache_dir) / "library-workdir", threads, progress)
+    return LibraryModel(folder, precision, device, Path(cache_dir) / "library-workdir", threads, progress, cache_slots)
 
 
 @atexit.register

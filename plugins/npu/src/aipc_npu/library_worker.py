@@ -8,7 +8,16 @@ process aborts inside the library.
 Protocol: JSON lines. Commands on stdin (``load``, ``generate``, ``cancel``, ``quit``); answers
 on the original stdout, which is moved to a private descriptor at start so that whatever the
 library prints lands on stderr (the engine keeps it in a log file). Closing stdin ends the
-process, so it never outlives its parent.
+process, so it never outlives its parent. A ``generate`` is answered by ``{"cached": n}`` (prompt
+tokens reused), then ``{"ids": [...]}`` per token, then ``{"done": true, ...}`` or an error.
+
+Prefix reuse: the worker keeps ``cache_slots`` transformers ``DynamicCache`` objects (the KV
+state ``generate`` builds and updates in place), chosen by :class:`aipc.prefix.PrefixCache`. A
+prompt continuing a kept conversation gets that cache cropped to the common prefix
+(``DynamicCache.crop``); transformers 4.47's ``generate`` starts ``cache_position`` at the cache's
+length (``_get_initial_cache_position``) and feeds only ``input_ids[:, cache_position]``
+(``prepare_inputs_for_generation``), so only the new tokens are prefilled. The library's own
+``LlamaAttention`` updates the same cache object.
 
 Load follows the walkthrough's ``NPUModelForCausalLM.from_pretrained(id, use_cache=True,
 config=CompilerConfig(dtype=...), attn_implementation="sdpa")``, which is
@@ -45,6 +54,7 @@ class Worker:
         self.channel = channel
         self.model = None
         self.tokenizer = None
+        self.prefix = None  # aipc.prefix.PrefixCache, made at load
         self.cancel = threading.Event()
         self.commands: queue.Queue = queue.Queue()
         self.info: dict = {}
@@ -81,6 +91,11 @@ class Worker:
                 else:
                     self.send(error=f"unknown command {op!r}", kind="BackendError")
             except Exception as error:  # reported to the parent, which raises the aipc error
+                from aipc.errors import AipcError
+
+                if isinstance(error, AipcError):  # already a one-line message for the user
+                    self.send(error=str(error), kind=type(error).__name__)
+                    continue
                 traceback.print_exc()
                 self.send(error=_first_line(error), kind=getattr(error, "aipc_kind", "BackendError"))
 
@@ -123,7 +138,10 @@ class Worker:
             untied = True
         model.eval()
         model = npu_lib.compile(model, CompilerConfig(dtype=dtype))
+        from aipc.prefix import PrefixCache
+
         self.model, self.tokenizer = model, tokenizer
+        self.prefix = PrefixCache(int(message.get("cache_slots", 1)))
         self.info = {"npu_available": has_npu, "untied_embeddings": untied, "load_s": round(time.perf_counter() - started, 2),
                      "library": getattr(npu_lib, "__version__", "?"), "torch": torch.__version__}
         self.send(ok=True, info=self.info)
@@ -132,17 +150,34 @@ class Worker:
 
     def generate(self, message: dict) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import DynamicCache, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         from aipc.backends.reference import generation_kwargs
+        from aipc.constraints import Constraint
+        from aipc.guidance import Guide
         from aipc.types import GenerationConfig
 
         self.cancel.clear()
         if self.model is None:
             raise RuntimeError("no model loaded")
         # stop strings are the core's (capabilities.native_stop_strings False): not passed on
-        config = GenerationConfig(**{k: v for k, v in message["config"].items() if k != "stop"})
-        ids = torch.tensor([message["ids"]], dtype=torch.long)
+        settings = {k: v for k, v in message["config"].items() if k not in ("stop", "constraint")}
+        constraint = message["config"].get("constraint")
+        config = GenerationConfig(**settings, constraint=Constraint(**constraint) if constraint else None)
+        processors = LogitsProcessorList()
+        if config.constraint is not None:  # llguidance masks each step's logits, as in the reference backend
+            self.guide = getattr(self, "guide", None) or Guide(self.tokenizer)
+            processors.append(self.guide.logits_processor(config.constraint))
+        prompt_ids = [int(i) for i in message["ids"]]
+        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        # continue the kept state of the conversation this prompt extends, cut back to the common
+        # prefix; the slot is empty until this generation says what the cache holds
+        slot, reuse = self.prefix.take(prompt_ids)
+        cache = slot.state if reuse else DynamicCache()
+        cache.crop(reuse)
+        reuse = cache.get_seq_length()  # what the cache really holds, whatever the slot's record says
+        slot.clear()
+        self.send(cached=reuse)
         cancel, send = self.cancel, self.send
 
         class Cancelled(StoppingCriteria):
@@ -165,11 +200,16 @@ class Worker:
         if config.seed is not None:
             torch.manual_seed(config.seed)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=Streamer(),
-                                      stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                                      streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                                      logits_processor=processors,
                                       **generation_kwargs(config, self.tokenizer))
+        # the cache holds the prompt and every generated token but the last (never fed back), also
+        # when a cancel stopped generate() early
+        slot.hold(cache, out[0, : cache.get_seq_length()].tolist())
         generated = int(out.shape[-1] - ids.shape[-1])
-        self.send(done=True, perf={"generated_tokens": generated, "total_s": round(time.perf_counter() - started, 3)})
+        self.send(done=True, perf={"generated_tokens": generated, "cached_tokens": reuse,
+                                   "total_s": round(time.perf_counter() - started, 3)})
 
 
 def main() -> int:

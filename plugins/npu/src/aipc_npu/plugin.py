@@ -17,6 +17,7 @@ from typing import Iterator
 from aipc import hookimpl
 from aipc.plugins import package_versions
 from aipc.errors import BackendUnavailableError, InvalidConfigError, UnsupportedDeviceError, UnsupportedPrecisionError
+from aipc.guidance import KINDS
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
 from . import __version__, devices, options as opts
@@ -53,6 +54,9 @@ def aipc_backend_info() -> BackendInfo:
     # stand-in). A real NPU computes activations and the KV cache in fp16, and the library's CPU
     # fallback computes in bf16 where the CPU has it. Both engines are judged on SmolLM2's answers.
     exact: tuple[str, ...] = ()
+    # No prefix_cache (issue 12) for the openvino engine: OpenVINO GenAI's NPU pipeline prefills the
+    # whole prompt on every call (in chat mode too: m_use_full_chat_history), and NPUW's own prefix
+    # cache (opt-in, README) does not say how many tokens it reused. See plugins/npu/README.md.
     engines = ", ".join(
         f"{name}{' [default]' if name == engine else ''}{'' if devices.runtime(name)[0] else ' (not installed)'}"
         for name in devices.ENGINES
@@ -68,6 +72,8 @@ def aipc_backend_info() -> BackendInfo:
             streaming=True, native_stop_strings=False, sampling=True, seed_determinism=True, repetition_penalty=True,
             max_prompt_tokens=opts.DEFAULT_MAX_PROMPT_LEN, max_batch_size=1, beam_search=False,
             exact_precisions=exact,
+            prefix_cache=engine == "library",  # the library worker keeps DynamicCaches (library_worker.py)
+            constraints=KINDS if engine == "library" else (),  # llguidance in the worker (aipc.guidance)
         ),
         priority=40,
         runtime_versions={"engine": engine, **_versions(engine)},
@@ -158,7 +164,7 @@ def aipc_load(request):
         from . import library_engine
 
         model = library_engine.load(Path(request.artifact_dir), request.manifest.precision, device,
-                                    Path(request.cache_dir), threads, request.progress)
+                                    Path(request.cache_dir), threads, request.progress, request.cache_slots)
         from .genai_engine import model_context
 
         return LoadedModel(runtime=model, context_length=model_context(request.artifact_dir),
@@ -184,7 +190,7 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
 
         raise BackendError("the model was closed")
     if model.extra.get("engine") == "library":
-        return model.runtime.generate(prompt, config, model.context_length)
+        return model.runtime.generate(prompt, config, model.context_length, model)
     from .genai_engine import generate
 
     return generate(model, prompt, config)
