@@ -57,15 +57,26 @@ class ChatTemplate:
             return None
         return cls(template, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
 
-    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template reads a ``tools`` variable (transformers' ``tools=`` argument)."""
+        return _uses_tools(self.source)
+
+    def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text. ``tools`` (OpenAI's tool objects) is passed as the template's ``tools``
+        variable, as transformers does; an assistant message with ``tool_calls`` may have no content."""
         for message in messages:
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            if not isinstance(message, dict) or "role" not in message or (
+                    "content" not in message and not message.get("tool_calls")):
                 raise InvalidConfigError("each chat message needs a 'role' and a 'content'")
+        extra = {"tools": list(tools)} if tools else {}
         return _compile(self.source).render(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
+            **extra,
         )
 
 
@@ -88,6 +99,16 @@ def _compile(source: str):
     env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = _raise
     return env.from_string(source)
+
+
+@lru_cache(maxsize=8)
+def _uses_tools(source: str) -> bool:
+    from jinja2 import meta
+
+    try:
+        return "tools" in meta.find_undeclared_variables(_compile(source).environment.parse(source))
+    except Exception:  # a template jinja2 cannot parse fails later, where it is rendered
+        return False
 
 
 def messages_for(prompt: str, system: str | None) -> list[dict[str, str]]:

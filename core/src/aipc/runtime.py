@@ -307,12 +307,14 @@ class Model:
             raise InvalidConfigError("the prompt is empty")
         return self.format_chat(messages_for(prompt, system))
 
-    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def format_chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The conversation as prompt text; ``tools`` (OpenAI's tool objects) go to a template that
+        takes them (``aipc.tools`` renders tools for the others)."""
         if not messages:
             raise InvalidConfigError("the conversation is empty")
         if self.template is None:
-            return "\n".join(m["content"] for m in messages)
-        return self.template.render(messages)
+            return "\n".join(m.get("content") or "" for m in messages)
+        return self.template.render(messages, tools=tools)
 
     def generate(self, prompt: str, *, system: str | None = None, raw: bool = False, **settings: Any) -> Iterator[str]:
         """Stream the answer to ``prompt`` (chat-templated unless ``raw``). Settings are
@@ -322,9 +324,10 @@ class Model:
         text = prompt if raw else self.format_prompt(prompt, system)
         return self._stream(text, GenerationConfig.from_options(**settings))
 
-    def chat(self, messages: Sequence[dict[str, str]], **settings: Any) -> Iterator[str]:
+    def chat(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None,
+             **settings: Any) -> Iterator[str]:
         """Stream the assistant's next message after ``messages`` (role/content dicts)."""
-        return self._stream(self.format_chat(messages), GenerationConfig.from_options(**settings))
+        return self._stream(self.format_chat(messages, tools=tools), GenerationConfig.from_options(**settings))
 
     def complete(self, prompt: str, **kwargs: Any) -> str:
         """The whole answer at once."""
