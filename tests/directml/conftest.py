@@ -57,6 +57,15 @@ def models(tiny, artifacts):
 
 
 @pytest.fixture(scope="session")
+def smollm2_int4():
+    """The real SmolLM2-135M-Instruct, int4 CPU build (the default precision), 1 thread."""
+    from aipc.sources import DEFAULT_MODEL, resolve
+
+    source = resolve(DEFAULT_MODEL).hf_dir
+    return aipc.load(str(source), backend=BACKEND, precision="int4", device="CPU", options={"threads": "1"})
+
+
+@pytest.fixture(scope="session")
 def reference(tiny):
     return aipc.load(str(tiny), backend="transformers", precision="fp32", options={"threads": "1"})
 

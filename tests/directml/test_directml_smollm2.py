@@ -4,20 +4,6 @@ every precision; this is the plugin's own smoke test of the default path."""
 
 from __future__ import annotations
 
-import pytest
-
-import aipc
-
-from directml_support import BACKEND
-
-
-@pytest.fixture(scope="session")
-def smollm2_int4():
-    from aipc.sources import DEFAULT_MODEL, resolve
-
-    source = resolve(DEFAULT_MODEL).hf_dir
-    return aipc.load(str(source), backend=BACKEND, precision="int4", device="CPU", options={"threads": "1"})
-
 
 def test_smollm2_int4_answers_paris(smollm2_int4):
     answer = smollm2_int4.complete("What is the capital of France?", max_new_tokens=24)

@@ -3,8 +3,15 @@ og.Generator loop with a tokenizer stream.
 
 Uses only the API that onnxruntime-genai 0.13 (the newest DirectML build on PyPI) shares with
 0.18: Config (clear_providers, append_provider, overlay), Model, Tokenizer (encode, create_stream),
-GeneratorParams.set_search_options, Generator (append_tokens, generate_next_token,
+GeneratorParams (set_search_options, set_guidance), Generator (append_tokens, generate_next_token,
 get_next_tokens, get_sequence, rewind_to, is_done) and is_dml_available.
+
+Constrained output: ``GeneratorParams.set_guidance(type, data)``, onnxruntime-genai's own
+llguidance, which masks the logits of every step inside ``generate_next_token`` (types
+``json_schema``, ``regex``, ``lark_grammar``; aipc's GBNF grammars are converted to Lark by
+llguidance's converter). The grammar is compiled when the ``og.Generator`` is made, so a bad
+constraint fails before any token. A constrained request always gets a generator of its own:
+guidance is fixed in a generator's params for its life, so a kept generator cannot serve it.
 
 Prefix reuse: a generator is kept per slot (``aipc.prefix.PrefixCache``). A new prompt that
 begins with ids a kept generator holds rewinds it to the common prefix (``rewind_to``) and
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -43,6 +51,9 @@ class Runtime:
     # drops incomplete byte sequences, transformers shows U+FFFD); else onnxruntime-genai's stream
     decode: Any = None
     slots: PrefixCache = field(default_factory=lambda: PrefixCache(0))  # kept generators (_Kept)
+    # whether this onnxruntime-genai was built with guidance (llguidance): checked at the first
+    # constrained request, "" when it was, else why not
+    guidance_absent: str | None = None
 
 
 #: a kept generator's max_length: twice what its first prompt needs, at least this, at most the
@@ -170,13 +181,15 @@ def encode(model, text: str) -> list[int]:
 def search_options(config: GenerationConfig, prompt_tokens: int, context: int | None) -> dict[str, Any]:
     """onnxruntime-genai search options for an aipc config. ``max_length`` counts the prompt, so
     it is prompt + max_new_tokens (capped at the context); every option is set explicitly so the
-    folder's genai_config.json cannot change what the user asked for."""
+    folder's genai_config.json cannot change what the user asked for. Under a constraint
+    ``ignore_eos`` does not apply: the output ends where the constraint is complete (guidance
+    then allows only EOS, which a min_length would forbid, leaving no token at all)."""
     max_length = prompt_tokens + config.max_new_tokens
     if context:
         max_length = min(max_length, context)
     options: dict[str, Any] = {
         "max_length": max_length,
-        "min_length": max_length if config.ignore_eos else 0,
+        "min_length": max_length if config.ignore_eos and config.constraint is None else 0,
         "do_sample": bool(config.sampling),
         "num_beams": 1,
         "repetition_penalty": float(config.repetition_penalty),
@@ -212,50 +225,149 @@ def generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
         raise PromptTooLongError(f"the prompt has {len(ids)} tokens; the model's context is {context}")
     options = search_options(config, len(ids), context)
     model.cached_tokens = 0
-    key = _reuse_key(options) if runtime.slots.enabled else None
+    guide = guidance(runtime, config.constraint) if config.constraint is not None else None
+    # a constrained request: a generator of its own (guidance is fixed in a generator's params)
+    key = _reuse_key(options) if runtime.slots.enabled and guide is None else None
     if key is None:  # a generator for this prompt alone, sized to it
-        generator = _generator(runtime, options)
+        generator = _generator(runtime, options, guide)
         return _stream(_decoder(runtime), generator, ids, config.max_new_tokens)
     return _stream_kept(model, runtime, options, key, ids, config.max_new_tokens)
 
 
-def _generator(runtime: Runtime, options: dict[str, Any]):
+#: aipc constraint kind -> onnxruntime-genai guidance type
+GUIDANCE_TYPES = {"json_schema": "json_schema", "regex": "regex", "grammar": "lark_grammar"}
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What ``GeneratorParams.set_guidance`` gets for one aipc constraint."""
+
+    kind: str  # the aipc constraint kind, for messages
+    type: str  # the onnxruntime-genai guidance type
+    data: str
+
+
+def guidance(runtime: Runtime, constraint) -> Guide:
+    """The guidance for ``constraint``: InvalidConfigError when this onnxruntime-genai cannot
+    constrain output (no ``set_guidance``, or built without llguidance: such a build accepts
+    ``set_guidance`` and then generates unconstrained text, so it is probed once per model) or
+    a grammar does not convert to Lark."""
+    if runtime.guidance_absent is None:
+        runtime.guidance_absent = _guidance_absent(runtime)
+    if runtime.guidance_absent:
+        raise InvalidConfigError(f"this onnxruntime-genai cannot constrain output: {runtime.guidance_absent}")
+    if constraint.kind == "grammar":
+        return Guide("grammar", "lark_grammar", gbnf_to_lark(constraint.value))
+    return Guide(constraint.kind, GUIDANCE_TYPES[constraint.kind], constraint.value)
+
+
+def _guidance_absent(runtime: Runtime) -> str:
+    """"" when the runtime honours guidance, else why not. A build with llguidance refuses an
+    unknown guidance type when the generator is made ("Unsupported guidance type"); a build
+    without it logs a warning and makes an unguided generator."""
+    og = _og()
+    if not hasattr(og.GeneratorParams, "set_guidance"):
+        return "it has no GeneratorParams.set_guidance"
+    params = og.GeneratorParams(runtime.model)
+    params.set_search_options(max_length=2)
+    params.set_guidance("aipc_probe", "x")
+    try:
+        generator = og.Generator(runtime.model, params)
+    except Exception as error:
+        if "unsupported guidance type" in str(error).lower():
+            return ""
+        return f"its guidance check failed: {_first_line(error)}"
+    del generator
+    return "it was built without guidance (llguidance): set_guidance would be ignored"
+
+
+@lru_cache(maxsize=32)
+def gbnf_to_lark(grammar: str) -> str:
+    """A GBNF grammar (aipc's grammar form) as the Lark grammar onnxruntime-genai takes,
+    converted by llguidance's own converter."""
+    try:
+        from llguidance.gbnf_to_lark import any_to_lark
+    except ImportError as error:
+        raise InvalidConfigError(f"grammars need llguidance's GBNF converter: {error}") from None
+    try:
+        return any_to_lark(grammar)
+    except Exception as error:  # GbnfToLarkError and parser errors
+        raise InvalidConfigError(f"the grammar is not valid GBNF: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """The runtime's (or llguidance's) message in one line: its first line, plus the line that
+    says what is wrong when the message goes on (llguidance's regex errors put it below)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    first = lines[0].removeprefix("Error creating grammar: ")
+    detail = next((line for line in lines[1:] if line.startswith("error:")), None)
+    return (f"{first} {detail}" if detail else first)[:300]
+
+
+def _generator(runtime: Runtime, options: dict[str, Any], guide: Guide | None = None):
     og = _og()
     try:
         params = og.GeneratorParams(runtime.model)
         params.set_search_options(**options)
-        return og.Generator(runtime.model, params)
     except Exception as error:
         raise InvalidConfigError(f"onnxruntime-genai refused the settings: {_first_line(error)}") from None
+    if guide is None:
+        try:
+            return og.Generator(runtime.model, params)
+        except Exception as error:
+            raise InvalidConfigError(f"onnxruntime-genai refused the settings: {_first_line(error)}") from None
+    try:  # the runtime compiles the grammar here, before any token
+        params.set_guidance(guide.type, guide.data)
+        return og.Generator(runtime.model, params)
+    except Exception as error:
+        message = f"onnxruntime-genai cannot use the {guide.kind} constraint: {_one_line(error)}"
+        raise InvalidConfigError(message) from None
+
+
+class _StreamDecoder:
+    """onnxruntime-genai's own tokenizer stream, with the IncrementalDecoder's add / flush."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def add(self, ids) -> str:
+        return self.stream.decode(ids[0])
+
+    def flush(self) -> str:
+        return ""
 
 
 def _decoder(runtime: Runtime):
     if runtime.decode is not None:
         from aipc.streaming import IncrementalDecoder
 
-        return IncrementalDecoder(runtime.decode).add
-    stream = runtime.tokenizer.create_stream()
-    return lambda ids: stream.decode(ids[0])  # noqa: E731
+        return IncrementalDecoder(runtime.decode)
+    return _StreamDecoder(runtime.tokenizer.create_stream())
 
 
-def _stream(decode, generator, ids: list[int], max_new_tokens: int) -> Iterator[Chunk]:
+def _stream(decoder, generator, ids: list[int], max_new_tokens: int) -> Iterator[Chunk]:
     """One Chunk per generated token from a generator made for this prompt. Work happens only
     while the consumer pulls, so closing the iterator early (stop string, Ctrl-C) stops the
     runtime at once."""
     try:
         generator.append_tokens(ids)  # the prompt: processed with the first token (prefill)
-        yield from _tokens(generator, decode, max_new_tokens)
+        yield from _tokens(generator, decoder, max_new_tokens)
     finally:
         del generator
 
 
-def _tokens(generator, decode, max_new_tokens: int) -> Iterator[Chunk]:
+def _tokens(generator, decoder, max_new_tokens: int) -> Iterator[Chunk]:
     produced = 0
     while produced < max_new_tokens and not generator.is_done():
         generator.generate_next_token()
         token = int(generator.get_next_tokens()[0])
         produced += 1
-        yield Chunk(decode([token]), tokens=1, ids=(token,))
+        yield Chunk(decoder.add([token]), tokens=1, ids=(token,))
+    rest = decoder.flush()  # text held back at an incomplete UTF-8 sequence: shown as the reference does
+    if rest:
+        yield Chunk(rest, tokens=0)
 
 
 def _stream_kept(model, runtime: Runtime, options: dict[str, Any], key: tuple, ids: list[int],
@@ -286,7 +398,7 @@ def _stream_kept(model, runtime: Runtime, options: dict[str, Any], key: tuple, i
             generator.rewind_to(reuse)
         generator.append_tokens(ids[reuse:])
         for chunk in _tokens(generator, _decoder(runtime), max_new_tokens):
-            produced += 1
+            produced += chunk.tokens
             yield chunk
         held = True
     except GeneratorExit:  # closed midway: the state is consistent at a yield

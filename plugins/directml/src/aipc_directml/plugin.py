@@ -123,6 +123,9 @@ def aipc_backend_info() -> BackendInfo:
             # a kept og.Generator per slot, rewound and appended to (engine.py); CPU provider only:
             # onnxruntime-genai refuses to continue a generator whose KV cache is on DirectML
             prefix_cache=True,
+            # onnxruntime-genai's own guidance (llguidance in the runtime, GeneratorParams.set_guidance):
+            # run on the CPU provider (0.18.0); the DirectML wheel 0.13.1 has it built in, not run here
+            constraints=("json_schema", "regex", "grammar"),
         ),
         priority=30,
         runtime_versions=versions,
