@@ -89,7 +89,7 @@ def aipc_generate(model: LoadedModel, prompt: str, config: GenerationConfig) -> 
     ``config`` is validated; ``config.max_new_tokens`` counts generated tokens only.
 
     :returns: an iterator of :class:`aipc.types.Chunk` (text, the number of tokens it covers
-        and their ids where the runtime exposes them), in order, ending at EOS (unless ``config.ignore_eos``) or after
+        and their ids where the runtime exposes them), in order, ending at EOS (unless ``config.ignore_eos``, which a ``config.constraint`` overrides: constrained text ends where its grammar does) or after
         ``max_new_tokens`` tokens. If the capabilities claim ``native_stop_strings`` it must
         also end soon after a stop string appears. The core may close the iterator early
         (stop string, Ctrl-C): the backend must then stop its runtime's work.

@@ -136,7 +136,7 @@ class GenerationConfig:
     seed: int | None = None
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # benchmarks force exactly max_new_tokens
+    ignore_eos: bool = False  # benchmarks force exactly max_new_tokens (not under a constraint: it ends with its grammar)
     constraint: Constraint | None = None  # the text must match a JSON schema, regex or grammar
 
     def __post_init__(self) -> None:

@@ -141,7 +141,7 @@ def generation_kwargs(config: GenerationConfig, tokenizer) -> dict:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if config.stop:
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
-    if config.ignore_eos:
+    if config.ignore_eos and config.constraint is None:  # a constraint ends where its grammar does
         kwargs.update(min_new_tokens=config.max_new_tokens)
     return kwargs
 

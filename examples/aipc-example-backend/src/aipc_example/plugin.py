@@ -150,7 +150,7 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
                 if matcher is not None:
                     model.extra["guide"].mask_(matcher, logits)
                 token = _next_token(logits, config, generator)
-                if token in model.extra["eos"] and not config.ignore_eos:
+                if token in model.extra["eos"] and (matcher is not None or not config.ignore_eos):
                     break
                 if matcher is not None:
                     matcher.consume_token(token)
