@@ -14,7 +14,9 @@ from aipc.types import Manifest
 
 @pytest.fixture(scope="session")
 def smol_int4(smollm2) -> aipc.Model:
-    return aipc.load(str(smollm2), backend="openvino", precision="int4", device="CPU")
+    # the recipe is judged on whole-prompt prefills: with prefix reuse int4's near-ties flip on 1-2
+    # more of the 20 first tokens (README); reuse against a cold run is the conformance suite's check
+    return aipc.load(str(smollm2), backend="openvino", precision="int4", device="CPU", cache_slots=0)
 
 
 def test_int4_answers_paris(smol_int4):

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from aipc.errors import BackendError
+from aipc.prefix import common_prefix
 from aipc.streaming import hf_decoder, threaded_stream
 from aipc.types import Chunk, GenerationConfig
 
@@ -114,24 +116,42 @@ def perf_figures(result) -> dict[str, Any]:
 
 def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, lock: threading.Lock | None = None,
            on_done: Callable[[Any], None] | None = None, map_error: Callable[[BaseException], BaseException] | None = None,
-           ) -> Iterator[Chunk]:
+           on_end: Callable[[Any, bool], None] | None = None,
+           last: Callable[[int, int], bool] | None = None) -> Iterator[Chunk]:
     """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``) in the core's
     threaded_stream; the streamer returns CANCEL once the consumer has closed the stream.
     ``on_done(result)`` gets the result (perf metrics); ``map_error`` turns the runtime's errors
-    into aipc errors."""
+    into aipc errors. ``on_end(result, cancelled)`` runs still holding ``lock`` however ``run``
+    ended (``result`` None when it raised; ``cancelled`` True once the streamer said CANCEL): where
+    a backend records what state the pipeline kept. ``last(token, count)`` True: that token is the
+    run's final one, and the streamer answers it with CANCEL too (see :class:`ChatReuse`)."""
     import openvino_genai
 
     def work(emit) -> None:
+        cancelled: list[bool] = []
+        count = [0]
+
         class Streamer(openvino_genai.StreamerBase):
             def write(self, token):
-                going = emit([token] if isinstance(token, int) else token)
+                tokens = [token] if isinstance(token, int) else list(token)
+                going = emit(tokens)
+                count[0] += len(tokens)
+                if going and last is not None and tokens and last(int(tokens[-1]), count[0]):
+                    going = False
+                if not going:
+                    cancelled.append(True)
                 return openvino_genai.StreamingStatus.RUNNING if going else openvino_genai.StreamingStatus.CANCEL
 
             def end(self):
                 pass
 
         with lock if lock is not None else contextlib.nullcontext():
-            result = run(Streamer())
+            result = None
+            try:
+                result = run(Streamer())
+            finally:
+                if on_end is not None:
+                    on_end(result, bool(cancelled))
         if on_done is not None:
             on_done(result)
 
@@ -143,3 +163,100 @@ def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, loc
         return error
 
     return threaded_stream(work, decode, translate)
+
+
+class ChatReuse:
+    """Prefix reuse through ``LLMPipeline``'s own chat mode fed token ids (one KV cache per
+    pipeline: the stateful pipeline has one).
+
+    In chat mode the pipeline keeps its KV cache between ``generate`` calls; before prefilling it
+    cuts the cache back to the first token where its tokenized chat history and the cache differ
+    (OpenVINO GenAI's ``align_cache_and_history`` / ``trim_kv_cache``, as for ``ChatHistory``)
+    and prefills only the rest. Its history grows by every input and answer, except that a run
+    its streamer cancels is rolled back out of it while the KV cache keeps what was computed. So
+    the streamer answers the run's final token with CANCEL (``stream(last=...)``): the history
+    stays empty, every prompt is sent whole, and the pipeline itself keeps exactly the common
+    prefix of the prompt and its cache, whatever the prompt (a next turn, an edit, a regenerated
+    answer, another conversation). When the cache already holds the whole prompt (a regenerated
+    answer), a one-token cancelled run first cuts it to all but the prompt's last token, which
+    must be fed again for its logits. A run whose end the streamer did not see (native stop
+    strings) leaves the history holding the prompt and answer: a prompt that continues it is
+    sent as its new tokens, any other one restarts the chat. A failed run restarts it.
+    Call :meth:`inputs` and :meth:`end` under the pipeline's lock.
+    """
+
+    def __init__(self, pipe, enabled: bool) -> None:
+        self.pipe, self.enabled = pipe, enabled
+        self.history: list[int] | None = None  # the pipeline's tokenized chat history; None: restart
+        self.kv: list[int] = []  # what the KV cache holds, at most (the last answer token may be unfed)
+        self.sent: tuple[list[int], list[int]] = ([], [])
+        # 2026.4 marks start_chat/finish_chat deprecated in favour of ChatHistory, which takes
+        # messages (templated by the pipeline), not the core's templated token ids
+        warnings.filterwarnings("ignore", r"start_chat\(\) / finish_chat\(\) API is deprecated", DeprecationWarning)
+
+    def _restart(self) -> list[int]:
+        self.pipe.finish_chat()  # drops the KV cache and the tokenized history
+        self.pipe.start_chat()
+        self.kv = []
+        return []
+
+    def inputs(self, ids: list[int]):
+        """What to hand ``generate`` for the full prompt ``ids``, and how many of them the KV
+        cache holds already (an estimate; :meth:`end` gives the pipeline's own count)."""
+        if not self.enabled:
+            return _ids_tensor(ids), 0  # never in chat mode: the pipeline resets its state every call
+        history, self.history = self.history, None  # unknown until end() has seen the run finish
+        if history is None:
+            history = self._restart()
+        if history and len(ids) > len(history) and ids[:len(history)] == history:
+            new = ids[len(history):]
+        else:
+            shared = common_prefix(self.kv, ids)
+            if history or (self.kv and not shared):
+                # measured: the pipeline crashes (SIGSEGV) when asked to trim its whole KV cache
+                history = self._restart()
+            elif self.kv and shared >= len(ids) - 1 and (len(ids) < 2 or not self._crop(ids)):
+                history = self._restart()
+            new = ids
+        self.sent = (history, new)
+        return _ids_tensor(new), min(common_prefix(self.kv, ids), len(ids) - 1)
+
+    def _crop(self, ids: list[int]) -> bool:
+        """Make the KV cache hold ``ids[:-1]`` and no more: run ``ids[:-1]`` plus a token the cache
+        does not hold there for one token, cancelled (so the history stays empty)."""
+        import openvino_genai
+
+        taken = {ids[-1], self.kv[len(ids) - 1] if len(self.kv) >= len(ids) else -1}
+        other = next(t for t in (0, 1, 2, 3) if t not in taken)
+        seen: list[bool] = []
+
+        class Cancel(openvino_genai.StreamerBase):
+            def write(self, token):
+                seen.append(True)
+                return openvino_genai.StreamingStatus.CANCEL
+
+            def end(self):
+                pass
+
+        config = openvino_genai.GenerationConfig(max_new_tokens=1, do_sample=False, apply_chat_template=False)
+        self.pipe.generate(_ids_tensor(ids[:-1] + [other]), config, Cancel())
+        self.kv = ids[:-1] + [other]
+        return bool(seen)
+
+    def end(self, ids: list[int], result, cancelled: bool) -> int | None:
+        """Record what the pipeline holds after a run for ``ids``; returns the prompt tokens it
+        reused, from its own count of tokens prefilled (None if unknown)."""
+        if not self.enabled or result is None:
+            return None
+        history, new = self.sent
+        tokens = [int(t) for t in result.tokens[0]]
+        self.history = history if cancelled else history + new + tokens
+        self.kv = list(ids) + tokens
+        return len(ids) - int(result.perf_metrics.get_num_input_tokens())
+
+
+def _ids_tensor(ids: list[int]):
+    import numpy
+    import openvino
+
+    return openvino.Tensor(numpy.array([ids], dtype=numpy.int64))

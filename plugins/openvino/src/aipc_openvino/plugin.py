@@ -44,7 +44,7 @@ def aipc_backend_info() -> BackendInfo:
         default_precision="int4",
         capabilities=Capabilities(
             streaming=True, native_stop_strings=True, sampling=True, seed_determinism=True,
-            repetition_penalty=True, exact_precisions=("fp32", "fp16"),
+            repetition_penalty=True, exact_precisions=("fp32", "fp16"), prefix_cache=True,
         ),
         priority=20,
         runtime_versions=_runtime_versions(),
@@ -88,9 +88,9 @@ def aipc_load(request):
     device = request.device or "CPU"
     _check_target(request.manifest.precision, device)
     config = runtime_config(dict(request.options), device, request.cache_dir, request.manifest.precision)
-    pipeline = Pipeline(Path(request.artifact_dir), device, config)
+    pipeline = Pipeline(Path(request.artifact_dir), device, config, request.cache_slots)
     return LoadedModel(runtime=pipeline, context_length=context_length(request.artifact_dir),
-                       extra={"config": config, "device": device})
+                       extra={"config": config, "device": device, "cache_slots": len(pipeline.slots.slots)})
 
 
 @hookimpl

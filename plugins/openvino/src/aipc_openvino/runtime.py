@@ -10,6 +10,11 @@ against 476 ms / 16.6 tok/s).
 Templating happens once, in the core: the prompt arrives templated, is tokenized here with
 ``add_special_tokens=False`` (the template already holds any BOS) and handed to LLMPipeline as
 token ids, so LLMPipeline neither applies the chat template again nor adds a second BOS.
+
+Prefix reuse (``cache_slots`` >= 1): LLMPipeline's chat mode fed token ids keeps the KV cache
+between calls and trims it to the prompt's first differing token itself
+(:class:`aipc_openvino_common.genai.ChatReuse`). One KV cache per pipeline: ``cache_slots``
+pipelines at most, the second and later ones made when a conversation needs one.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aipc.errors import BackendError, BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
+from aipc.prefix import PrefixCache
 from aipc.types import Chunk, GenerationConfig
-from aipc_openvino_common.genai import PipelineText, eos_ids, first_line, generation_config, perf_figures, stream
+from aipc_openvino_common.genai import (ChatReuse, PipelineText, eos_ids, first_line, generation_config, perf_figures,
+                                        stream)
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
             "openvino_detokenizer.xml", "openvino_detokenizer.bin")
@@ -73,7 +80,7 @@ def _device_error(device: str) -> str | None:
 class Pipeline(PipelineText):
     """A loaded LLMPipeline and the tokenizer inside it."""
 
-    def __init__(self, folder: Path, device: str, config: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, device: str, config: dict[str, Any], cache_slots: int = 1) -> None:
         import openvino_genai
 
         self.folder = Path(folder)
@@ -96,6 +103,31 @@ class Pipeline(PipelineText):
             raise InvalidModelError(f"cannot load {self.folder} on {device}: {message}") from None
         self.use_tokenizer(self.pipe, self.folder)
         self.eos = eos_ids(self.pipe)  # the model's eos id and every id that ends generation
+        # only the stateful (SDPA) pipeline keeps its KV cache in chat mode: the paged-attention
+        # adapter (-o ATTENTION_BACKEND=PA) and the NPU pipeline prefill the whole history anyway
+        self.reuse = ChatReuse(self.pipe, enabled=cache_slots > 0 and config.get("ATTENTION_BACKEND") == "SDPA")
+        # one KV cache per LLMPipeline: a slot is a pipeline, the 2nd.. made when a conversation needs it
+        self.slots = PrefixCache(cache_slots if self.reuse.enabled else 0)
+
+    def choose(self, ids: list[int]) -> tuple[ChatReuse, Any]:
+        """The pipeline for a prompt (aipc.prefix's choice: its own conversation's, else a free or
+        the least recently used one) and the slot to record its state in. Under the lock."""
+        import openvino_genai
+
+        if not self.slots.enabled:
+            return self.reuse, None
+        kept = {id(slot): slot.state for slot in self.slots.slots}
+        slot, _ = self.slots.take(ids)
+        reuse = slot.state or kept[id(slot)]  # take() empties an evicted slot: its pipeline is reused
+        if reuse is None:
+            taken = {id(s.state) for s in self.slots.slots if s.state is not None}
+            if id(self.reuse) not in taken:
+                reuse = self.reuse
+            else:
+                pipe = openvino_genai.LLMPipeline(str(self.folder), self.device, **self.config)
+                reuse = ChatReuse(pipe, enabled=True)
+        slot.state = reuse
+        return reuse, slot
 
 
 def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
@@ -103,21 +135,43 @@ def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     pipeline: Pipeline = loaded.runtime
     if pipeline is None:
         raise BackendError("the model was closed")
-    inputs = pipeline.encode(prompt)
-    prompt_tokens = int(inputs.input_ids.get_shape()[-1])
+    ids = pipeline.tokenize(prompt)
+    prompt_tokens = len(ids)
     limit = loaded.context_length
     if limit and prompt_tokens >= limit:
         raise PromptTooLongError(f"the prompt has {prompt_tokens} tokens; the model's context is {limit}")
     max_new = min(config.max_new_tokens, limit - prompt_tokens) if limit else config.max_new_tokens
     gen_config = generation_config(config, pipeline.eos, max_new)
 
+    chosen: list = []
+
+    def run(streamer):  # under pipeline.lock, in the stream's thread
+        reuse, slot = pipeline.choose(ids)
+        chosen[:] = [reuse, slot]
+        inputs, loaded.cached_tokens = reuse.inputs(ids)
+        return reuse.pipe.generate(inputs, gen_config, streamer)
+
+    def end(result, cancelled: bool) -> None:
+        if not chosen:
+            return
+        reuse, slot = chosen
+        reused = reuse.end(ids, result, cancelled)
+        if reused is not None:
+            loaded.cached_tokens = reused  # the pipeline's own count of what it did not prefill
+        if slot is not None:
+            slot.hold(reuse, reuse.kv)  # the ids its KV cache holds (at most)
+
     def done(result) -> None:
         pipeline.perf = loaded.extra["perf"] = perf_figures(result)
 
     # LLMPipeline.generate blocks: the core's threaded_stream runs it in a thread, and the
     # streamer returns CANCEL once the consumer has closed the stream
-    return stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer), pipeline.stream_decode,
-                  lock=pipeline.lock, on_done=done)
+    stop_ids = set() if config.ignore_eos else pipeline.eos[1]
+
+    def last(token: int, count: int) -> bool:  # the run's final token (see ChatReuse)
+        return pipeline.reuse.enabled and (count >= max_new or token in stop_ids)
+
+    return stream(run, pipeline.stream_decode, lock=pipeline.lock, on_done=done, on_end=end, last=last)
 
 
 def detect(folder: Path) -> str | None:
