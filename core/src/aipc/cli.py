@@ -451,8 +451,9 @@ def bench(model_name, backends_, precisions, device, options, variants, prompt_t
                    "one person's few chats; each slot holds one conversation's KV cache until replaced "
                    "(Phi-3-mini at fp16: about 0.4 MB a token). 0 turns reuse off.")
 def serve(**settings) -> None:
-    """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
-    /v1/models, /health). Needs `pip install ./core[serve]`."""
+    """Serve models over HTTP: OpenAI's API (/v1/chat/completions, /v1/completions, /v1/responses,
+    /v1/models), Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps, ...) and /health.
+    Needs `pip install ./core[serve]`."""
     try:
         from .server import serve as run_server
     except ImportError as error:
