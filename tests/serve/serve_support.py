@@ -131,3 +131,32 @@ def error_of(response) -> dict:
     assert set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["message"] and "\n" not in body["error"]["message"], body
     return body["error"]
+
+
+def linked_model(tmp_path_factory, source: Path, name: str = "tiny-phi3") -> Path:
+    """``source`` reached through a folder named ``name``: the model id the clients use."""
+    link = tmp_path_factory.mktemp("models") / name
+    link.symlink_to(source, target_is_directory=True)
+    return link
+
+
+def concurrently(call, refusal: type[BaseException], count: int = 6) -> tuple[list, list]:
+    """Run ``call()`` from ``count`` threads at once; return (answers, the ``refusal`` errors)."""
+    import threading
+
+    results: list = []
+
+    def one() -> None:
+        try:
+            results.append(call())
+        except refusal as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == count
+    return ([r for r in results if not isinstance(r, BaseException)],
+            [r for r in results if isinstance(r, BaseException)])

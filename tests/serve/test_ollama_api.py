@@ -8,10 +8,9 @@ as Ollama clients do) and ``--max-queue 1``. Long generations use aipc's ``ignor
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
-from serve_support import httpx, running_server
+from serve_support import concurrently, httpx, linked_model, running_server
 
 ollama = pytest.importorskip("ollama", reason="the Ollama API tests use the official ollama client")
 
@@ -26,8 +25,7 @@ def opts(n: int, **more) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_phi3):
-    link = tmp_path_factory.mktemp("models") / MODEL
-    link.symlink_to(tiny_phi3, target_is_directory=True)
+    link = linked_model(tmp_path_factory, tiny_phi3, MODEL)
     with running_server(tmp_path_factory, "--model", str(link), "--backend", "transformers",
                         "--max-queue", "1", api_key=KEY) as server:
         yield server
@@ -202,22 +200,7 @@ def test_pull_prepares_a_served_model(client):
 
 
 def test_full_queue_is_503(server, client):
-    results: list = []
-
-    def one() -> None:
-        try:
-            results.append(client.generate(model=MODEL, prompt="hi", options=opts(50)))
-        except ollama.ResponseError as error:
-            results.append(error)
-
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(results) == 6
-    done = [r for r in results if not isinstance(r, Exception)]
-    refused = [r for r in results if isinstance(r, Exception)]
+    done, refused = concurrently(lambda: client.generate(model=MODEL, prompt="hi", options=opts(50)), ollama.ResponseError)
     assert len(done) >= 2 and refused, "one running + one waiting must pass, the rest be refused"
     assert all(r.eval_count == 50 for r in done)
     assert all(e.status_code == 503 for e in refused)

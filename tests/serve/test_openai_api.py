@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 
 import pytest
-from serve_support import error_of, httpx, openai, running_server
+from serve_support import concurrently, error_of, httpx, linked_model, openai, running_server
 
 KEY = "test-key-123"
 MODEL = "tiny-phi3"
@@ -23,9 +22,7 @@ LONG = {"ignore_eos": True}  # extra_body: run to max_tokens
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory, tiny_phi3):
-    link = tmp_path_factory.mktemp("models") / MODEL
-    link.symlink_to(tiny_phi3, target_is_directory=True)
-    return link
+    return linked_model(tmp_path_factory, tiny_phi3, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -209,22 +206,7 @@ def test_curl_without_a_content_type_works(server):
 
 
 def test_parallel_requests_complete_or_get_429(server, client):
-    results: list = []
-
-    def one() -> None:
-        try:
-            results.append(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=50, extra_body=LONG))
-        except openai.RateLimitError as error:
-            results.append(error)
-
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(results) == 6
-    done = [r for r in results if not isinstance(r, Exception)]
-    refused = [r for r in results if isinstance(r, Exception)]
+    done, refused = concurrently(lambda: client.chat.completions.create(model=MODEL, messages=HI, max_tokens=50, extra_body=LONG), openai.RateLimitError)
     assert all(r.usage.completion_tokens > 0 for r in done)
     assert len(done) >= 2 and refused, "one running + one waiting must pass, the rest be refused"
     for error in refused:

@@ -9,7 +9,7 @@ runs the reused ones must equal.
 from __future__ import annotations
 
 import pytest
-from serve_support import running_server
+from serve_support import linked_model, running_server
 
 MODEL = "tiny-phi3"
 LONG = {"ignore_eos": True}  # extra_body: run to max_tokens
@@ -17,9 +17,7 @@ LONG = {"ignore_eos": True}  # extra_body: run to max_tokens
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory, tiny_phi3):
-    link = tmp_path_factory.mktemp("models") / MODEL
-    link.symlink_to(tiny_phi3, target_is_directory=True)
-    return link
+    return linked_model(tmp_path_factory, tiny_phi3, MODEL)
 
 
 @pytest.fixture(scope="module")

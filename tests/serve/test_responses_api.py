@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from serve_support import error_of, openai, running_server
+from serve_support import error_of, linked_model, openai, running_server
 
 KEY = "test-key-responses"
 MODEL = "tiny-phi3"
@@ -18,8 +18,7 @@ LONG = {"ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_phi3):
-    link = tmp_path_factory.mktemp("models") / MODEL
-    link.symlink_to(tiny_phi3, target_is_directory=True)
+    link = linked_model(tmp_path_factory, tiny_phi3, MODEL)
     with running_server(tmp_path_factory, "--model", str(link), "--backend", "transformers",
                         "--max-queue", "1", api_key=KEY) as server:
         yield server
