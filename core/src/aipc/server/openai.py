@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidConfigError
-from .common import ApiError, Hub, Job, ModelSlot, api_error, parse as _parse, watch as _watch
+from .common import ApiError, Hub, Job, ModelSlot, api_error, collect, first_event, parse as _parse
 
 # ---------------------------------------------------------------------------------- requests
 
@@ -297,28 +297,12 @@ def register(app: FastAPI, hub: Hub) -> None:
 
 
 async def _answer(request: Request, slot: ModelSlot, job: Job, body: _Request, chat: bool):
-    slot.submit(job)
-    watcher = asyncio.create_task(_watch(request, job))
-    try:
-        event = await job.events.get()  # errors before the first piece get a real status
-        if body.stream and event[0] in ("piece", "call", "done"):
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            watcher.cancel()  # StreamingResponse watches for the disconnect itself
-            return StreamingResponse(_sse(job, event, slot.id, chat, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Aipc-Backend": slot.header()})
-        pieces: list[str] = []
-        calls: list[list[str]] = []
-        while event[0] in ("piece", "call"):
-            if event[0] == "call":
-                calls.append([])
-            else:
-                (calls[-1] if calls else pieces).append(event[1])
-            event = await job.events.get()
-    except BaseException:
-        job.cancelled.set()
-        raise
-    finally:
-        watcher.cancel()
+    event = await first_event(request, slot, job)  # errors before the first piece get a real status
+    if body.stream and event[0] in ("piece", "call", "done"):
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse(job, event, slot.id, chat, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Aipc-Backend": slot.header()})
+    event, pieces, calls = await collect(request, job, event)
     if event[0] == "gone":
         return Response(status_code=499)  # nobody is listening any more
     if event[0] == "error":
