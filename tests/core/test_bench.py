@@ -77,3 +77,16 @@ def test_bench_conversation_reports_reuse_per_turn_on_and_off(aipc_cli, tiny_phi
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "--turns", "2", "--cache-slots", "-1")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error: cache slots"), bad.stderr
+
+
+def test_bench_measures_a_schema_beside_unconstrained(aipc_cli, tiny_phi3, tmp_path):
+    report = tmp_path / "schema.json"
+    schema = '{"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}}, "required": ["a"]}'
+    result = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "-p", "fp32", "--schema", schema, "--runs", "1",
+                      "--warmup", "0", "--prompt-tokens", "8", "--new-tokens", "16", "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    free, constrained = json.loads(report.read_text())["results"]
+    assert "json_schema" in constrained["label"] and "json_schema" not in free["label"]
+    assert constrained["decode_tps"] > 0 and free["decode_tps"] > 0
+    bad = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "--schema", '{"type": 7}', "--runs", "1")
+    assert bad.returncode == 1 and "not valid" in bad.stderr.strip().splitlines()[-1], bad.stderr

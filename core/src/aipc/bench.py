@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from . import __version__, cache
 from .errors import InvalidConfigError
+from .constraints import Constraint
 from .types import GenerationConfig, Usage
 
 Progress = Callable[..., None]
@@ -37,11 +38,13 @@ class Combo:
     device: str
     options: tuple[str, ...] = ()  # KEY=VALUE options of this combination only (a variant)
     cache_slots: int | None = None  # prefix-cache slots to load with; None: the scenario's default
+    constraint: Constraint | None = None  # generate under this constraint (--schema)
 
     @property
     def label(self) -> str:
         base = f"{self.backend}/{self.precision}/{self.device}"
-        extra = [*self.options, *([f"cache_slots={self.cache_slots}"] if self.cache_slots is not None else [])]
+        extra = [*self.options, *([f"cache_slots={self.cache_slots}"] if self.cache_slots is not None else []),
+                 *([self.constraint.kind] if self.constraint else [])]
         return f"{base} [{','.join(extra)}]" if extra else base
 
 
@@ -152,10 +155,11 @@ def exact_prompt(model, tokens: int) -> str:
 
 
 def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device: str | None,
-                 variants: tuple[str, ...] = (), cache_slots: tuple[int, ...] = ()) -> tuple[list[Combo], list[str]]:
+                 variants: tuple[str, ...] = (), cache_slots: tuple[int, ...] = (),
+                 constraint: Constraint | None = None) -> tuple[list[Combo], list[str]]:
     """Every requested (backend, precision) that exists on a present device, once per variant
     (a comma-separated ``KEY=VALUE`` list of options, "" for none) and per number of prefix-cache
-    slots, and notes on the rest."""
+    slots, unconstrained and (given a ``constraint``) under it, and notes on the rest."""
     from .plugins import registry
     from .prefix import cache_slots as checked_slots
 
@@ -172,7 +176,8 @@ def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device:
                     options = tuple(part.strip() for part in variant.split(",") if part.strip())
                     for slots in cache_slots or (None,):
                         slots = None if slots is None else checked_slots(slots)
-                        combos.append(Combo(name, precision, devices[0].name, options, slots))
+                        for constrained in (None, constraint) if constraint else (None,):
+                            combos.append(Combo(name, precision, devices[0].name, options, slots, constrained))
             else:
                 notes.append(f"skipped {name}/{precision}: not offered on a present device")
     return combos, notes
@@ -196,9 +201,9 @@ def run(model_name: str, combos: list[Combo], prompt_tokens: int = 128, new_toke
         for index in range(warmup):
             progress(f"Warm-up {combo.label}")
             if turns:  # two turns: the cold path and the continued one
-                _conversation(model, text, min(turns, 2), settings, f"warm-up {index + 1}")
+                _conversation(model, text, min(turns, 2), _settings(settings, combo), f"warm-up {index + 1}")
             else:
-                _ = list(model.generate(text, raw=True, **settings))
+                _ = list(model.generate(text, raw=True, **_settings(settings, combo)))
         rss_after, peak = _memory()
         result.peak_rss_mb, result.rss_added_mb = peak, rss_after - rss_before
         result.prompt_tokens = prompt_tokens
@@ -212,11 +217,11 @@ def run(model_name: str, combos: list[Combo], prompt_tokens: int = 128, new_toke
             (model, text), result = models[i], results[i]
             progress(f"Run {index + 1}/{runs}: {result.combo.label}", (index * len(combos) + step) / (runs * len(combos)))
             if turns:
-                usages = _conversation(model, text, turns, settings, f"run {index + 1}")
+                usages = _conversation(model, text, turns, _settings(settings, result.combo), f"run {index + 1}")
                 for per_turn, usage in zip(result.turns, usages):
                     per_turn.append(usage)
             else:
-                _ = list(model.generate(text, raw=True, **settings))
+                _ = list(model.generate(text, raw=True, **_settings(settings, result.combo)))
                 usages = [model.usage]
             usage = usages[-1]  # one prompt: the run; a conversation: its last turn
             _check(result, usages, new_tokens)
@@ -291,8 +296,17 @@ def _conversation(model, text: str, turns: int, settings: dict[str, Any], tag: s
     return usages
 
 
+def _settings(settings: dict[str, Any], combo: Combo) -> dict[str, Any]:
+    return {**settings, "constraint": combo.constraint} if combo.constraint else settings
+
+
 def _check(result: Result, usages: list[Usage], new_tokens: int) -> None:
     for turn, usage in enumerate(usages, 1):
+        if result.combo.constraint is not None:  # constrained text ends with its grammar, not at new_tokens
+            if usage.generated_tokens < 2:
+                raise InvalidConfigError(f"{result.combo.label} generated {usage.generated_tokens} token(s) under "
+                                         "the constraint: too few to time decoding")
+            continue
         if usage.generated_tokens != new_tokens:
             where = f" at turn {turn} ({usage.prompt_tokens} prompt tokens)" if len(usages) > 1 else ""
             hint = ": the model's context is too short for this conversation" if where else ""

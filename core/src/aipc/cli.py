@@ -390,13 +390,16 @@ def models_rm(names) -> None:
 @click.option("--cache-slots", "cache_slots", multiple=True, type=int, metavar="N",
               help="Prefix-cache slots to load with (repeatable: each value is measured side by side; 0 = reuse "
                    "off). Default: 0 for one prompt (its TTFT is then a whole prefill); with --turns, 1 and 0.")
+@click.option("--schema", "bench_schema", metavar="FILE|JSON",
+              help="Also measure each combination under this JSON Schema, side by side with unconstrained "
+                   "(constrained decode speed; the answer ends where the schema's JSON does).")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs per combination (interleaved).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Uncounted runs per combination first.")
 @click.option("--cold", is_flag=True, help="Empty the backends' compile caches first, so the first load compiles.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report (JSON) here.")
 @click.option("--plot", "plot_file", type=click.Path(path_type=Path), help="Write latency and throughput charts (PNG).")
 def bench(model_name, backends_, precisions, device, options, variants, prompt_tokens, new_tokens, turns, cache_slots,
-          runs, warmup, cold, json_file, plot_file) -> None:
+          bench_schema, runs, warmup, cold, json_file, plot_file) -> None:
     """Benchmark backends and precisions side by side on MODEL (default: smollm2-135m-instruct):
     load time (first and warm), time to first token, prefill and decode tokens/s, time per output
     token, peak memory and artifact size; with --turns, per turn of a growing conversation with
@@ -413,8 +416,9 @@ def bench(model_name, backends_, precisions, device, options, variants, prompt_t
             raise click.ClickException("--plot needs matplotlib: pip install 'aipc[bench]'") from None
     if turns and not cache_slots:
         cache_slots = (1, 0)
+    constraint = _constraint(None, bench_schema, None, None)
     combos, notes = benchmark.combinations(backends_, tuple(check_precision(p) for p in precisions), device, variants,
-                                           tuple(cache_slots))
+                                           tuple(cache_slots), constraint)
     for note in notes:
         click.echo(note, err=True)
     with reporter(True) as progress:
