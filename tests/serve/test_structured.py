@@ -1,6 +1,7 @@
 """Structured output and tool calling through ``aipc serve`` (issue 13), with the real openai client.
 
-SmolLM2 on the reference backend, which honours every constraint kind (llguidance). Schemas
+SmolLM2 on the reference backend, which honours every constraint kind (llguidance), or on the
+backend named by ``AIPC_TEST_SERVE_BACKEND`` (each backend's tox env runs this file on itself). Schemas
 are bounded (maxLength, maximum, enums, additionalProperties false) so every answer ends in a
 few tokens. SmolLM2's template knows no tools: tools and tool turns go through aipc's generic
 format (aipc.tools).
@@ -9,6 +10,7 @@ format (aipc.tools).
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from serve_support import error_of, openai, running_server
@@ -20,6 +22,7 @@ from aipc.conformance.support import SCHEMA_PROMPTS, SCHEMAS  # noqa: E402
 from aipc.tools import CallStream, generic_messages, parse_native, ToolFormat  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
+BACKEND = os.environ.get("AIPC_TEST_SERVE_BACKEND", "transformers")
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
            "required": ["city", "unit"], "additionalProperties": False}
@@ -35,7 +38,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2):  # smollm2: fetched and converted into the cache beforehand
-    with running_server(tmp_path_factory, "--backend", "transformers") as server:
+    with running_server(tmp_path_factory, "--backend", BACKEND) as server:
         yield server
 
 

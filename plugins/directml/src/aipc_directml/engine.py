@@ -258,6 +258,10 @@ def guidance(runtime: Runtime, constraint) -> Guide:
         raise InvalidConfigError(f"this onnxruntime-genai cannot constrain output: {runtime.guidance_absent}")
     if constraint.kind == "grammar":
         return Guide("grammar", "lark_grammar", gbnf_to_lark(constraint.value))
+    if constraint.kind == "json_schema":  # the reference's whitespace rule (llguidance too)
+        from aipc.guidance import llguidance_schema
+
+        return Guide("json_schema", "json_schema", llguidance_schema(constraint))
     return Guide(constraint.kind, GUIDANCE_TYPES[constraint.kind], constraint.value)
 
 
