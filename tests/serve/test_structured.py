@@ -23,6 +23,7 @@ from aipc.tools import CallStream, generic_messages, parse_native, ToolFormat  #
 
 MODEL = "smollm2-135m-instruct"
 BACKEND = os.environ.get("AIPC_TEST_SERVE_BACKEND", "transformers")
+PRECISION = os.environ.get("AIPC_TEST_SERVE_PRECISION")  # default: the backend's
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
            "required": ["city", "unit"], "additionalProperties": False}
@@ -38,7 +39,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2):  # smollm2: fetched and converted into the cache beforehand
-    with running_server(tmp_path_factory, "--backend", BACKEND) as server:
+    with running_server(tmp_path_factory, "--backend", BACKEND, *(("--precision", PRECISION) if PRECISION else ())) as server:
         yield server
 
 

@@ -20,6 +20,10 @@ Devices:
 - ``AUTO``: ``NPU`` when OpenVINO lists it, else the plain CPU ``LLMPipeline``: the one fallback,
   and only when asked for by name.
 
+Constrained output: OpenVINO GenAI's ``StructuredOutputConfig`` (XGrammar), set by the shared
+:func:`aipc_openvino_common.genai.generation_config`; the NPU pipeline masks the logits it gets
+back from the device on the CPU, as the CPU pipeline does (run on NPU-EMU only).
+
 NPU limits (compiled in): one prompt at a time (batch 1), greedy or multinomial decoding (no
 beam search), prompts up to ``MAX_PROMPT_LEN`` tokens, and a KV cache of ``MAX_PROMPT_LEN +
 MIN_RESPONSE_LEN`` tokens (the pipeline stops by itself when it is full). They are checked here
@@ -201,7 +205,8 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
         loaded.extra["perf"] = pipeline.perf
 
     return genai.stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer),
-                        pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error)
+                        pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error,
+                        constraint=config.constraint)
 
 
 def detect(folder: Path) -> str | None:

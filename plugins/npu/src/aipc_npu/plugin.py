@@ -73,7 +73,9 @@ def aipc_backend_info() -> BackendInfo:
             max_prompt_tokens=opts.DEFAULT_MAX_PROMPT_LEN, max_batch_size=1, beam_search=False,
             exact_precisions=exact,
             prefix_cache=engine == "library",  # the library worker keeps DynamicCaches (library_worker.py)
-            constraints=KINDS if engine == "library" else (),  # llguidance in the worker (aipc.guidance)
+            # library: llguidance in the worker (aipc.guidance); openvino: StructuredOutputConfig
+            # (XGrammar) in the NPU pipeline (aipc_openvino_common.genai)
+            constraints=KINDS,
         ),
         priority=40,
         runtime_versions={"engine": engine, **_versions(engine)},

@@ -8,18 +8,23 @@
 - :func:`stream`: runs ``generate`` in a thread and yields :class:`aipc.types.Chunk` per token;
   closing the iterator makes the streamer return ``StreamingStatus.CANCEL``, which stops the
   runtime at its next token, and waits for it.
+- :func:`structured_output`: aipc's :class:`aipc.constraints.Constraint` as OpenVINO GenAI's
+  ``StructuredOutputConfig`` (XGrammar masks each step's logits inside ``generate``); the
+  grammar is compiled when ``generate`` starts, and what XGrammar refuses there is turned into a
+  one-line InvalidConfigError by :func:`constraint_error`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from aipc.errors import BackendError
+from aipc.errors import BackendError, InvalidConfigError
 from aipc.prefix import common_prefix
 from aipc.streaming import hf_decoder, threaded_stream
 from aipc.types import Chunk, GenerationConfig
@@ -79,11 +84,20 @@ def generation_config(config: GenerationConfig, eos: tuple[int | None, set[int]]
     if stop_ids:
         gc.stop_token_ids = set(stop_ids)
     gc.max_new_tokens = max_new_tokens or config.max_new_tokens
-    gc.ignore_eos = config.ignore_eos
-    if config.ignore_eos:
+    # Under a constraint ignore_eos does not apply: once the grammar is complete XGrammar allows
+    # only the stop tokens, which min_new_tokens would forbid too; the output ends there.
+    gc.ignore_eos = config.ignore_eos and config.constraint is None
+    if gc.ignore_eos:
         # ignore_eos alone lets LLMPipeline pick EOS and go on past it; the reference (and what
         # a benchmark wants) makes EOS impossible instead, as min_new_tokens does.
         gc.min_new_tokens = gc.max_new_tokens
+    if config.constraint is not None:
+        gc.structured_output_config = structured_output(config.constraint)
+        if eos_id is not None:
+            # XGrammar ends a complete grammar with any of the config's stop_token_ids (measured);
+            # the model's EOS alone makes it end as llguidance does (the reference backend, the
+            # directml runtime): with the tokenizer's eos. Before the end no stop id is allowed.
+            gc.stop_token_ids = {eos_id}
     gc.apply_chat_template = False
     gc.repetition_penalty = config.repetition_penalty
     gc.num_beams = 1
@@ -104,6 +118,73 @@ def generation_config(config: GenerationConfig, eos: tuple[int | None, set[int]]
     return gc
 
 
+#: JSON Schema bounds XGrammar (OpenVINO GenAI 2026.4.1) does not enforce, measured on the tiny
+#: Phi-3: numbers out of a ``number``'s minimum/maximum (even non-JSON text such as "025") or
+#: exclusive bounds, integers that are not a ``multipleOf``. Integer bounds are enforced.
+_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+#: keywords whose value maps names to subschemas
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def unenforced(schema: Any) -> str | None:
+    """What in a JSON schema XGrammar would not enforce (so the output could break the schema),
+    or None."""
+    if isinstance(schema, list):
+        return next((why for why in map(unenforced, schema) if why), None)
+    if not isinstance(schema, dict):
+        return None
+    if "multipleOf" in schema:
+        return "multipleOf"
+    types = schema.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    bounds = [k for k in _NUMBER_BOUNDS if k in schema]
+    if bounds and types != {"integer"}:
+        return f"{bounds[0]} on a non-integer number (give the field \"type\": \"integer\")"
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            why = unenforced(list(value.values()))
+        elif key in ("const", "enum", "default", "examples"):
+            continue
+        else:
+            why = unenforced(value)
+        if why:
+            return why
+    return None
+
+
+def structured_output(constraint):
+    """OpenVINO GenAI's ``StructuredOutputConfig`` for an aipc constraint. XGrammar takes each
+    kind as aipc has it: the JSON schema text, the regex (matched whole), and the GBNF grammar
+    (XGrammar's EBNF is GBNF, start rule ``root``). A schema with a bound XGrammar does not
+    enforce is refused (InvalidConfigError), never run with the bound dropped."""
+    import openvino_genai
+
+    if constraint.kind == "json_schema":
+        why = unenforced(constraint.schema)
+        if why:
+            raise InvalidConfigError(f"OpenVINO GenAI (XGrammar) does not enforce {why} in a JSON schema")
+    field = {"json_schema": "json_schema", "regex": "regex", "grammar": "grammar"}[constraint.kind]
+    return openvino_genai.StructuredOutputConfig(**{field: constraint.value})
+
+
+#: XGrammar's messages start "[hh:mm:ss] /path/to/xgrammar-src/cpp/file.cc:NN: "
+_XGRAMMAR_PREFIX = re.compile(r"^(\[[0-9:]+\]\s*)?\S*xgrammar\S*:\d+:\s*")
+
+
+def constraint_error(error: BaseException, constraint) -> InvalidConfigError | None:
+    """The one-line InvalidConfigError for a constraint XGrammar refused when ``generate``
+    compiled it (a regex with look-ahead, a GBNF rule not defined, a schema it cannot convert),
+    or None when ``error`` is not that."""
+    if constraint is None or not isinstance(error, RuntimeError):
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    said = next((line for line in lines if "xgrammar" in line.lower()), None)
+    if said is None:
+        return None
+    reason = _XGRAMMAR_PREFIX.sub("", said)[:240]
+    return InvalidConfigError(f"OpenVINO GenAI (XGrammar) cannot use the {constraint.kind} constraint: {reason}")
+
+
 def perf_figures(result) -> dict[str, Any]:
     """LLMPipeline's own metrics of one generate call (its ``perf_metrics``), as plain numbers."""
     metrics = result.perf_metrics
@@ -117,14 +198,16 @@ def perf_figures(result) -> dict[str, Any]:
 def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, lock: threading.Lock | None = None,
            on_done: Callable[[Any], None] | None = None, map_error: Callable[[BaseException], BaseException] | None = None,
            on_end: Callable[[Any, bool], None] | None = None,
-           last: Callable[[int, int], bool] | None = None) -> Iterator[Chunk]:
+           last: Callable[[int, int], bool] | None = None, constraint=None) -> Iterator[Chunk]:
     """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``) in the core's
     threaded_stream; the streamer returns CANCEL once the consumer has closed the stream.
     ``on_done(result)`` gets the result (perf metrics); ``map_error`` turns the runtime's errors
     into aipc errors. ``on_end(result, cancelled)`` runs still holding ``lock`` however ``run``
     ended (``result`` None when it raised; ``cancelled`` True once the streamer said CANCEL): where
     a backend records what state the pipeline kept. ``last(token, count)`` True: that token is the
-    run's final one, and the streamer answers it with CANCEL too (see :class:`ChatReuse`)."""
+    run's final one, and the streamer answers it with CANCEL too (see :class:`ChatReuse`).
+    ``constraint``: the request's, if any: XGrammar's refusal of it becomes an InvalidConfigError
+    (before ``map_error``)."""
     import openvino_genai
 
     def work(emit) -> None:
@@ -156,6 +239,9 @@ def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, loc
             on_done(result)
 
     def translate(error: BaseException) -> BaseException:
+        refused = constraint_error(error, constraint)
+        if refused is not None:
+            return refused
         if map_error is not None:
             return map_error(error)
         if isinstance(error, RuntimeError):

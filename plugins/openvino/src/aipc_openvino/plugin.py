@@ -13,6 +13,7 @@ from typing import Iterator
 
 from aipc import hookimpl
 from aipc.plugins import package_versions
+from aipc.constraints import KINDS
 from aipc.errors import UnsupportedDeviceError, UnsupportedPrecisionError
 from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
 
@@ -45,6 +46,7 @@ def aipc_backend_info() -> BackendInfo:
         capabilities=Capabilities(
             streaming=True, native_stop_strings=True, sampling=True, seed_determinism=True,
             repetition_penalty=True, exact_precisions=("fp32", "fp16"), prefix_cache=True,
+            constraints=KINDS,  # OpenVINO GenAI's StructuredOutputConfig (XGrammar)
         ),
         priority=20,
         runtime_versions=_runtime_versions(),

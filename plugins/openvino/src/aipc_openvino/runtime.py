@@ -166,12 +166,14 @@ def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
 
     # LLMPipeline.generate blocks: the core's threaded_stream runs it in a thread, and the
     # streamer returns CANCEL once the consumer has closed the stream
-    stop_ids = set() if config.ignore_eos else pipeline.eos[1]
+    # (under a constraint ignore_eos does not apply: the run ends with the grammar, on a stop id)
+    stop_ids = set() if config.ignore_eos and config.constraint is None else pipeline.eos[1]
 
     def last(token: int, count: int) -> bool:  # the run's final token (see ChatReuse)
         return pipeline.reuse.enabled and (count >= max_new or token in stop_ids)
 
-    return stream(run, pipeline.stream_decode, lock=pipeline.lock, on_done=done, on_end=end, last=last)
+    return stream(run, pipeline.stream_decode, lock=pipeline.lock, on_done=done, on_end=end, last=last,
+                  constraint=config.constraint)
 
 
 def detect(folder: Path) -> str | None:
