@@ -76,3 +76,42 @@ SCHEMA_PROMPTS = (
     "Is water wet? Give a confidence score.", "Pick a few numbers.", "Write a headline about football.",
     "When did the first moon landing happen?",
 )
+
+
+# ------------------------------------------------ the backends' own constrained-output tests
+
+
+def _text(n: int) -> dict:
+    return {"type": "string", "maxLength": n}
+
+
+#: name -> (prompt, schema): nested object, array, enum, bounded integers, required fields, patterns
+NAMED_SCHEMAS = {
+    "nested": ("Describe a person who lives in Paris as JSON.", {
+        "type": "object", "additionalProperties": False, "required": ["person", "city"],
+        "properties": {
+            "person": {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+                       "properties": {"name": _text(24), "age": {"type": "integer", "minimum": 0, "maximum": 120}}},
+            "city": _text(24)}}),
+    "array": ("List three colours as JSON.", {
+        "type": "object", "additionalProperties": False, "required": ["colours"],
+        "properties": {"colours": {"type": "array", "items": _text(12), "minItems": 2, "maxItems": 4}}}),
+    "enum": ("Is the sky blue? Answer as JSON.", {
+        "type": "object", "additionalProperties": False, "required": ["answer"],
+        "properties": {"answer": {"enum": ["yes", "no", "maybe"]}}}),
+    "bounded": ("Rate Paris from 1 to 10 as JSON.", {
+        "type": "object", "additionalProperties": False, "required": ["score"],
+        "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}}}),
+    "required": ("Give a book title and author as JSON.", {
+        "type": "object", "additionalProperties": False, "required": ["title", "author", "year"],
+        "properties": {"title": _text(40), "author": _text(30),
+                       "year": {"type": "integer", "minimum": 1000, "maximum": 2100}}}),
+    "pattern": ("Give an airport code and a flight number as JSON.", {
+        "type": "object", "additionalProperties": False, "required": ["code", "flight"],
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                       "flight": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2,4}$"}}}),
+}
+
+CASE_REGEX = r"(Paris|London|Rome|Berlin) is the capital of [A-Z][a-z]+\."
+CASE_GRAMMAR = 'root ::= answer " " number\nanswer ::= "yes" | "no"\nnumber ::= [1-9] [0-9]?\n'
+CASE_GRAMMAR_AS_REGEX = r"(yes|no) [1-9][0-9]?"
