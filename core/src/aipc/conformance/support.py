@@ -115,3 +115,33 @@ NAMED_SCHEMAS = {
 CASE_REGEX = r"(Paris|London|Rome|Berlin) is the capital of [A-Z][a-z]+\."
 CASE_GRAMMAR = 'root ::= answer " " number\nanswer ::= "yes" | "no"\nnumber ::= [1-9] [0-9]?\n'
 CASE_GRAMMAR_AS_REGEX = r"(yes|no) [1-9][0-9]?"
+
+
+def check_schema_answer(model: aipc.Model, name: str, system: str | None = None) -> None:
+    """``NAMED_SCHEMAS[name]``'s answer ends by itself and validates under the schema."""
+    import json
+
+    from jsonschema import validate
+
+    from aipc.constraints import Constraint
+
+    prompt, schema = NAMED_SCHEMAS[name]
+    text = model.complete(prompt, system=system, max_new_tokens=160, constraint=Constraint.json_schema(schema))
+    assert model.usage.finish_reason == "stop", f"cut at the token limit: {text!r}"
+    validate(json.loads(text), schema)
+
+
+def check_regex_and_grammar_answers(model: aipc.Model) -> None:
+    """``CASE_REGEX`` output matches whole where the free answer does not; ``CASE_GRAMMAR``'s matches."""
+    import re
+
+    from aipc.constraints import Constraint
+
+    free = model.complete("What is the capital of France?", max_new_tokens=40)
+    assert not re.fullmatch(CASE_REGEX, free), f"pick a prompt whose free answer does not match already: {free!r}"
+    text = model.complete("What is the capital of France?", max_new_tokens=40, constraint=Constraint("regex", CASE_REGEX))
+    assert re.fullmatch(CASE_REGEX, text), text
+    assert model.usage.finish_reason == "stop"
+    text = model.complete("Is Paris in France? Answer yes or no, then a number from 1 to 99.",
+                          max_new_tokens=20, constraint=Constraint("grammar", CASE_GRAMMAR))
+    assert re.fullmatch(CASE_GRAMMAR_AS_REGEX, text), text
