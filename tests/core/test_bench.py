@@ -90,3 +90,27 @@ def test_bench_measures_a_schema_beside_unconstrained(aipc_cli, tiny_phi3, tmp_p
     assert constrained["decode_tps"] > 0 and free["decode_tps"] > 0
     bad = aipc_cli("bench", str(tiny_phi3), "-b", "transformers", "--schema", '{"type": 7}', "--runs", "1")
     assert bad.returncode == 1 and "not valid" in bad.stderr.strip().splitlines()[-1], bad.stderr
+
+
+def test_each_combinations_memory_is_measured_without_the_others_loaded(tiny_phi3, monkeypatch):
+    """Peak memory of one combination must not count models of the combinations before it."""
+    from aipc import bench
+
+    loaded, seen = [], []
+    real_load, real_memory = bench._load, bench._memory
+
+    def load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.append(model)
+        return model
+
+    def memory():
+        seen.append(sum(m.loaded.runtime is not None for m in loaded))
+        return real_memory()
+
+    monkeypatch.setattr(bench, "_load", load)
+    monkeypatch.setattr(bench, "_memory", memory)
+    combos, _ = bench.combinations(("transformers",), ("fp32", "fp16"), None)
+    report = bench.run(str(tiny_phi3), combos, prompt_tokens=8, new_tokens=2, runs=1, warmup=0)
+    assert seen == [0, 1, 0, 1], seen  # before and after each combination's loads: only its own model
+    assert all(r["runs"] == 1 and r["peak_rss_mb"] > 0 for r in report["results"])

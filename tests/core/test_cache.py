@@ -94,3 +94,13 @@ def test_interrupted_gguf_conversion_is_redone(tmp_path, smollm2, aipc_cli):
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert [p.name.startswith(".tmp-") for p in sources.iterdir()] == [False]
+
+
+def test_a_model_named_two_ways_is_quantized_once(smollm2):
+    """The catalogue name, then the folder it resolved to: one fingerprint, one artifact."""
+    from aipc import quantize
+    from aipc.sources import DEFAULT_MODEL
+
+    by_name = quantize(DEFAULT_MODEL, backend="transformers", precision="fp32")
+    by_path = quantize(str(smollm2), backend="transformers", precision="fp32")
+    assert by_path == by_name

@@ -146,3 +146,15 @@ def test_cli_start_imports_no_runtime():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported at start: {result.stdout}"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`aipc backends | head -n 1`: the reader may be gone before aipc writes; no "Error:" then."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "aipc", "backends"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == "", done.stderr

@@ -30,9 +30,41 @@ def failed(outcomes):
     ("broken-errors", {"test_quantize_refuses_precisions_it_lacks"}),
 ])
 def test_suite_fails_each_broken_backend_exactly_where_it_should(backend, expected, tmp_path):
-    result, outcomes, _ = certify(backend, tmp_path)
+    result, outcomes, data = certify(backend, tmp_path)
     assert result.returncode == 1, result.stdout[-2000:]
     assert failed(outcomes) == expected, outcomes
+    assert data["verdict"] == "not certified" and f"{len(expected)} test(s) failed" in data["backends"][backend]["reasons"]
+    assert f"verdict for {backend}: NOT CERTIFIED" in result.stdout
+
+
+#: the tests that reach the backend itself (aipc.conformance.test_backend_itself) and the seeded
+#: sampling test: each broken backend below runs only these (the rest of it is the reference)
+ITSELF = "test_backend_itself or test_seed_makes_sampling_repeatable"
+
+
+@pytest.mark.parametrize("backend, keyword, expected", [
+    ("broken-refusals", ITSELF, {"test_backend_refuses_settings_it_does_not_claim",
+                                 "test_backend_refuses_a_prompt_over_its_own_limit"}),
+    ("broken-sampling", ITSELF, {"test_top_k_1_samples_the_greedy_tokens", "test_repetition_penalty_changes_the_answer"}),
+    ("broken-greedy", ITSELF, {"test_sampling_varies_with_the_seed", "test_seed_makes_sampling_repeatable"}),
+    ("broken-streaming", ITSELF, {"test_streaming_is_incremental"}),
+    # alone: its runtime goes on computing in the background after the close (and would disturb the rest)
+    ("broken-cancel", "test_closing_the_stream_stops_the_runtime", {"test_closing_the_stream_stops_the_runtime"}),
+    # alone: it decodes greedily only, and two generations at once break each other's state
+    ("broken-batch", "test_batch_of_generations_at_once", {"test_batch_of_generations_at_once"}),
+])
+def test_suite_reaches_the_backend_itself(backend, keyword, expected, tmp_path):
+    result, outcomes, _ = certify(backend, tmp_path, "-k", keyword)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert failed(outcomes) == expected, outcomes
+
+
+def test_suite_fails_a_longrope_model_capped_at_its_original_context(tmp_path):
+    result, outcomes, _ = certify("broken-longrope", tmp_path, "-k", "test_longrope_prompts")
+    assert result.returncode == 1, result.stdout[-2000:]
+    lost = {name for name, (outcome, _) in outcomes.items() if outcome == "failed"}
+    assert lost and all("long" in name or "crossing" in name for name in lost), outcomes
+    assert all(outcome == "passed" for name, (outcome, _) in outcomes.items() if name.endswith("short]")), outcomes
 
 
 def test_suite_fails_a_prefix_cache_that_reuses_stale_state(tmp_path):
@@ -113,4 +145,10 @@ def test_outside_package_is_found_and_certified(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert data["backends"]["outside"]["version"] == "1.2.3" and data["totals"]["passed"] >= 10
     assert data["machine"]["cores"] and data["aipc_version"]
+    # a run filtered with -m is never a certification, and the report says how it was run
+    assert data["verdict"] == "not certified" and data["run"]["markexpr"] == "not real_model"
+    assert data["backends"]["outside"]["reasons"][0] == "filtered with -m 'not real_model'"
+    assert data["totals"]["deselected"] == len(data["deselected"]) > 0
+    assert "-m" in data["run"]["arguments"] and data["skips"]
+    assert "verdict for outside: NOT CERTIFIED: filtered with -m 'not real_model'" in result.stdout
     assert "aipc conformance" in result.stdout and "PASS  test_backend_describes_itself[outside]" in result.stdout

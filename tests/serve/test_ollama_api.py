@@ -183,8 +183,8 @@ def test_malformed_json_and_refused_endpoints(server):
     with server.http() as http:
         bad = http.post("/api/chat", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
         assert bad.status_code == 400 and "JSON" in error_of(bad)
-        delete = http.request("DELETE", "/api/delete", json={"model": MODEL})
-        assert delete.status_code == 501 and "aipc models rm" in error_of(delete)
+        create = http.post("/api/create", json={"model": "x", "from": MODEL})
+        assert create.status_code == 501 and "/api/create" in error_of(create)
         assert http.post("/api/chat", json={"model": MODEL, "messages": HI, "think": True}).status_code == 400
 
 
@@ -193,6 +193,21 @@ def test_pull_prepares_a_served_model(client):
     assert lines[-1].status == "success"
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull("llama3")
+    assert caught.value.status_code == 404
+
+
+def test_delete_removes_the_artifact_and_a_request_makes_it_again(client, server):
+    assert client.chat(model=MODEL, messages=HI, options=opts(2)).eval_count == 2  # loaded: artifact in the cache
+    assert client.delete(MODEL).status == "success"
+    deleted = [line for line in server.log().splitlines() if "deleted its artifact" in line]
+    assert deleted and not any(m.model == MODEL for m in client.ps().models), "unloaded, artifact removed"
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.delete(MODEL)  # the cache no longer has it
+    assert caught.value.status_code == 404 and MODEL in str(caught.value)
+    assert client.chat(model=MODEL, messages=HI, options=opts(2)).eval_count == 2  # quantized again
+    assert client.delete(MODEL).status == "success"  # the one that request made
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.delete("llama3")
     assert caught.value.status_code == 404
 
 

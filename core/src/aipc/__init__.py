@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 from .hookspecs import hookimpl  # noqa: E402
 
 _LAZY = {
-    "load": "runtime", "quantize": "runtime", "Model": "runtime", "LoadedModel": "runtime",
-    "QuantizeRequest": "runtime", "LoadRequest": "runtime",
+    "load": "runtime", "quantize": "runtime", "Model": "runtime", "LoadedModel": "types",
+    "QuantizeRequest": "types", "LoadRequest": "types",
     "GenerationConfig": "types", "Capabilities": "types", "BackendInfo": "types", "Device": "types",
     "Chunk": "types", "Manifest": "types", "Usage": "types", "PRECISIONS": "types",
     "registry": "plugins", "Constraint": "constraints",

@@ -11,6 +11,9 @@ each run is one growing chat through ``Model.chat``, every turn adding a user me
 ``prompt_tokens`` tokens and an answer of ``new_tokens``, reported per turn (prompt tokens, tokens
 reused from the backend's prefix cache, TTFT, decode tok/s); combinations differing only in
 ``cache_slots`` (reuse on, 0 = off) show what the reuse saves.
+
+Memory: a combination's peak and added RSS are measured over its loads and warm-up while no other
+combination is loaded (each is released before the next is measured, and loaded again for the runs).
 """
 
 from __future__ import annotations
@@ -198,18 +201,21 @@ def run(model_name: str, combos: list[Combo], prompt_tokens: int = 128, new_toke
     for combo in combos:
         result, model, rss_before = _prepare(model_name, combo, options, cold, turns, progress)
         text = exact_prompt(model, prompt_tokens)
-        for index in range(warmup):
-            progress(f"Warm-up {combo.label}")
-            if turns:  # two turns: the cold path and the continued one
-                _conversation(model, text, min(turns, 2), _settings(settings, combo), f"warm-up {index + 1}")
-            else:
-                _ = list(model.generate(text, raw=True, **_settings(settings, combo)))
+        _warm_up(model, text, combo, warmup, turns, settings, progress)
         rss_after, peak = _memory()
         result.peak_rss_mb, result.rss_added_mb = peak, rss_after - rss_before
         result.prompt_tokens = prompt_tokens
         result.turns = [[] for _ in range(turns)]
+        if len(combos) > 1:  # measure the next combination's memory without this one loaded
+            _release(model)
+            model = None
         results.append(result)
-        models.append((model, text))
+        models.append([model, text])
+    for entry, result in zip(models, results):  # the interleaved runs need every model: load them again
+        if entry[0] is None:
+            progress(f"Loading {result.combo.label} (for the runs)")
+            entry[0] = _load(model_name, result.combo, options, result.cache_slots)
+            _warm_up(entry[0], entry[1], result.combo, warmup, turns, settings, progress)
     latencies: list[list[tuple[float, list[float]]]] = [[] for _ in combos]
     for index in range(runs):
         shift = index % len(combos)  # interleaved, each round starting one combination later: A B C, B C A, ...
@@ -270,16 +276,46 @@ def _prepare(model_name: str, combo: Combo, options: list[str] | None, cold: boo
     rss_before, _ = _memory()
     _reset_peak()
     progress(f"Loading {combo.label} (first)")
-    first = runtime.load(model_name, combo.backend, combo.precision, combo.device, combo_options,
-                         cache_slots=result.cache_slots)
+    first = _load(model_name, combo, options, result.cache_slots)
     result.load_first_s = first.load_s
-    first.close()
+    _release(first)
     del first
     progress(f"Loading {combo.label} (warm)")
-    model = runtime.load(model_name, combo.backend, combo.precision, combo.device, combo_options,
-                         cache_slots=result.cache_slots)
+    model = _load(model_name, combo, options, result.cache_slots)
     result.load_warm_s = model.load_s
     return result, model, rss_before
+
+
+def _load(model_name: str, combo: Combo, options: list[str] | None, cache_slots: int):
+    from . import runtime
+
+    return runtime.load(model_name, combo.backend, combo.precision, combo.device, [*(options or []), *combo.options],
+                        cache_slots=cache_slots)
+
+
+def _release(model) -> None:
+    """Close ``model`` and hand the freed memory back to the system, so that the next combination's
+    memory figures do not count it."""
+    import gc
+
+    model.close()
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap otherwise
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_up(model, text: str, combo: Combo, warmup: int, turns: int, settings: dict[str, Any],
+             progress: Progress) -> None:
+    for index in range(warmup):
+        progress(f"Warm-up {combo.label}")
+        if turns:  # two turns: the cold path and the continued one
+            _conversation(model, text, min(turns, 2), _settings(settings, combo), f"warm-up {index + 1}")
+        else:
+            _ = list(model.generate(text, raw=True, **_settings(settings, combo)))
 
 
 def _conversation(model, text: str, turns: int, settings: dict[str, Any], tag: str) -> list[Usage]:

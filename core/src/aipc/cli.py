@@ -14,7 +14,8 @@ from .errors import AipcError
 
 BACKEND_ORDER_HELP = (
     "Default: the installed backend with a present accelerator (NPU, GPU) and the highest "
-    "priority (npu > directml > openvino), else the best CPU one; see `aipc backends`."
+    "priority (npu > directml > openvino), else the best of aipc's own backends on the CPU (a "
+    "third-party plugin only when none of those runs); see `aipc backends`."
 )
 
 
@@ -29,8 +30,8 @@ class AipcGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, BrokenPipeError):
+            raise  # BrokenPipeError (`aipc backends | head -n 1`): click exits 1 quietly, as Python's docs advise
         except Exception as error:
             if os.environ.get("AIPC_DEBUG"):
                 raise
@@ -89,7 +90,8 @@ def backends(as_json: bool) -> None:
                 default_precision=info.default_precision, precisions=list(info.precisions),
                 devices=[{"name": d.name, "present": d.present, "reason": d.reason, "accelerator": d.accelerator,
                           "precisions": list(d.precisions)} for d in info.devices],
-                capabilities=info.capabilities.__dict__, runtime_versions=info.runtime_versions, options=info.options,
+                capabilities=info.capabilities.__dict__, runtime_versions=info.runtime_versions,
+                options=info.options, option_pattern=info.option_pattern,  # options None: not declared, unchecked
             )
         rows.append(row)
     try:
@@ -114,6 +116,9 @@ def backends(as_json: bool) -> None:
         caps = row["capabilities"]
         click.echo(f"    prefix cache: {'yes' if caps.get('prefix_cache') else 'no'}; constrained output: "
                    f"{', '.join(caps.get('constraints') or ()) or 'none'}")
+        options = row["options"]
+        names = "not declared (passed unchecked)" if options is None else ", ".join(options) or "none"
+        click.echo(f"    options (-o KEY=VALUE; help: --json): {names}")
 
 
 # ---------------------------------------------------------------------------------- shared options
@@ -442,7 +447,11 @@ def bench(model_name, backends_, precisions, device, options, variants, prompt_t
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
 @click.option("--model", "-m", "model_names", multiple=True,
-              help="Model(s) to serve (repeatable). Default: smollm2-135m-instruct.")
+              metavar="[NAME=]MODEL[@BACKEND[:PRECISION[:DEVICE]]]",
+              help="Model(s) to serve (repeatable). Default: smollm2-135m-instruct. Clients ask for NAME "
+                   "(default: MODEL, or a path's last part); @BACKEND:PRECISION:DEVICE overrides the "
+                   "server-wide settings for this model, e.g. -m chat=phi-3-mini-4k-instruct@npu "
+                   "-m code=phi-3-mini-4k-instruct@directml:int4.")
 @model_options
 @click.option("--api-key", envvar="AIPC_API_KEY", help="Require `Authorization: Bearer KEY` (env AIPC_API_KEY).")
 @click.option("--keep-alive", default=300.0, show_default=True, type=float,
@@ -473,10 +482,16 @@ def serve(**settings) -> None:
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write a JSON report here.")
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 def conformance(backends_, json_file, pytest_args) -> None:
-    """Run the conformance suite (pytest) against backends; extra arguments go to pytest."""
+    """Run the conformance suite (pytest) against backends; extra arguments go to pytest.
+
+    The summary ends with a verdict per backend: certified only for a full, unfiltered run
+    without failures (``-m``, ``-k`` or a failure make it "not certified", with the reason)."""
     import pytest
 
-    args = ["--pyargs", "aipc.conformance", "-p", "no:cacheprovider", "-q", "-rs"]
+    # `aipc` itself is imported already (this CLI), so pytest cannot rewrite it for the suite's
+    # plugin and would warn on every run; the suite's own test modules are still rewritten
+    args = ["--pyargs", "aipc.conformance", "-p", "no:cacheprovider", "-q", "-rs",
+            "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"]
     for name in backends_:
         args += ["--backend", name]
     if json_file:
@@ -485,13 +500,23 @@ def conformance(backends_, json_file, pytest_args) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"aipc: warning: {message}\n"  # one line, no source
     reg = _registry()
     for backend in reg.working():
         try:
             reg.call(backend.name, "aipc_register_commands", cli=cli)
         except Exception as error:  # a plugin's commands must not break the CLI
             backend.error = f"register_commands failed: {error}"
-    cli(prog_name="aipc")
+    try:
+        try:
+            cli(prog_name="aipc")
+        finally:
+            sys.stdout.flush()  # output still buffered: a closed pipe shows here
+    except BrokenPipeError:  # the reader went away (`aipc backends | head -n 1`): quiet exit 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs advise
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ class InvalidModelError(AipcError):
     """The folder or file is not a model, or it is corrupt or truncated."""
 
 
+class UnsupportedArchitectureError(InvalidModelError):
+    """The backend cannot convert or run this model's architecture (``model_type``), e.g. its
+    exporter has no recipe for it. A kind of InvalidModelError, so ``except InvalidModelError``
+    still catches it; the message names the architecture and, where known, what the backend takes."""
+
+
 class HubUnavailableError(AipcError):
     """The model must come from the Hugging Face hub and the hub cannot be reached."""
 

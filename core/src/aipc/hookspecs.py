@@ -10,6 +10,18 @@ A backend must import its heavy runtime lazily, inside quantize / load / generat
 imports every plugin module to list backends, and that must stay fast.
 
 Bad input is reported by raising the errors in :mod:`aipc.errors`, never a bare Exception.
+
+The data the hooks take and return is in :mod:`aipc.types` (``LoadRequest``, ``QuantizeRequest``,
+``LoadedModel``... also importable from :mod:`aipc.runtime`, their former home). What a backend can
+leave to the core:
+
+- ``-o`` option names: declared in ``BackendInfo.options`` (and ``option_pattern``), checked by the
+  core before any hook is called (:mod:`aipc.options`);
+- the tokenizer and chat-template files: the core copies :data:`aipc.artifacts.SIDE_FILES` from the
+  source into every artifact after ``aipc_quantize``, and refuses chat messages for a model without
+  a chat template rather than guessing a format;
+- EOS ids, the context length and one-line load errors: :mod:`aipc.artifacts`;
+- which backend is the default: ``BackendInfo.priority`` (see :class:`aipc.types.BackendInfo`).
 """
 
 from __future__ import annotations
@@ -22,8 +34,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .runtime import LoadedModel, LoadRequest, QuantizeRequest
-    from .types import BackendInfo, Chunk, GenerationConfig, Manifest
+    from .types import BackendInfo, Chunk, GenerationConfig, LoadedModel, LoadRequest, Manifest, QuantizeRequest
 
 hookspec = pluggy.HookspecMarker("aipc")
 hookimpl = pluggy.HookimplMarker("aipc")
@@ -57,7 +68,9 @@ def aipc_quantize(request: QuantizeRequest) -> Manifest:
         ``request.manifest(options=..., versions=...)``. The core writes it as ``aipc.json``.
     :raises UnsupportedPrecisionError: the precision is not offered for that device.
     :raises UnsupportedDeviceError: the device is unknown to the backend.
-    :raises InvalidConfigError: an option is unknown or has a bad value.
+    :raises InvalidConfigError: an option has a bad value (a name the backend does not declare in
+        ``BackendInfo.options`` is refused by the core before this hook is called).
+    :raises UnsupportedArchitectureError: the backend cannot convert this model's architecture.
     """
 
 
@@ -73,8 +86,8 @@ def aipc_load(request: LoadRequest) -> LoadedModel:
         ``device``, ``options``, ``cache_dir`` (e.g. for a compiled-model cache) and
         ``cache_slots``: how many prompt states to keep for prefix reuse, if the backend's
         capabilities claim ``prefix_cache`` (0 means keep none; others ignore it).
-    :returns: a :class:`aipc.runtime.LoadedModel` holding the runtime object in ``runtime`` and
-        the model's context length in tokens, if known.
+    :returns: a :class:`aipc.types.LoadedModel` holding the runtime object in ``runtime`` and
+        the model's context length in tokens, if known (:func:`aipc.artifacts.context_length`).
     :raises InvalidModelError: the folder is missing files or they are corrupt.
     :raises BackendUnavailableError: the device's runtime or hardware is absent.
     """
@@ -89,8 +102,11 @@ def aipc_generate(model: LoadedModel, prompt: str, config: GenerationConfig) -> 
     ``config`` is validated; ``config.max_new_tokens`` counts generated tokens only.
 
     :returns: an iterator of :class:`aipc.types.Chunk` (text, the number of tokens it covers
-        and their ids where the runtime exposes them), in order, ending at EOS (unless ``config.ignore_eos``, which a ``config.constraint`` overrides: constrained text ends where its grammar does) or after
-        ``max_new_tokens`` tokens. If the capabilities claim ``native_stop_strings`` it must
+        and their ids where the runtime exposes them), in order, ending at EOS or after
+        ``max_new_tokens`` tokens. With ``config.ignore_eos`` EOS must be made impossible (mask the
+        EOS ids' logits, as transformers' ``min_new_tokens`` does), not generated and skipped: the
+        stream then has exactly ``max_new_tokens`` tokens, the reference's. A ``config.constraint``
+        overrides it: constrained text ends where its grammar does. If the capabilities claim ``native_stop_strings`` it must
         also end soon after a stop string appears. The core may close the iterator early
         (stop string, Ctrl-C): the backend must then stop its runtime's work.
 

@@ -21,6 +21,10 @@ from .types import BackendInfo
 
 GROUP = "aipc"
 
+#: Distributions of the aipc project itself. Their backends are the "built-ins": without a present
+#: accelerator the default backend is one of them (see :meth:`Registry.default`).
+FIRST_PARTY = frozenset({"aipc", "aipc-openvino", "aipc-directml", "aipc-npu"})
+
 
 @dataclass
 class Backend:
@@ -30,6 +34,7 @@ class Backend:
     info: BackendInfo | None = None
     error: str = ""
     plugin: Any = None
+    first_party: bool = False  # shipped by the aipc project (a FIRST_PARTY distribution)
 
     @property
     def ok(self) -> bool:
@@ -57,6 +62,10 @@ def _names_from_env(variable: str) -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()}
 
 
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -78,16 +87,19 @@ class Registry:
                 continue
             if allowed is not None and ep.name not in allowed:
                 continue
+            dist = getattr(ep, "dist", None)
+            first_party = dist is not None and _canonical(dist.name) in FIRST_PARTY
             try:
                 plugin = ep.load()
             except Exception as error:  # a broken plugin must not break the CLI
                 self.backends[ep.name] = Backend(ep.name, error=f"import failed: {_one_line(error)}")
                 continue
-            self.register(plugin, ep.name)
+            self.register(plugin, ep.name, first_party)
 
-    def register(self, plugin: Any, name: str) -> Backend:
-        """Register a plugin module or object as backend ``name`` and ask it to describe itself."""
-        backend = Backend(name, plugin=plugin)
+    def register(self, plugin: Any, name: str, first_party: bool = False) -> Backend:
+        """Register a plugin module or object as backend ``name`` and ask it to describe itself.
+        ``first_party``: one of aipc's own backends (matters only for :meth:`default`)."""
+        backend = Backend(name, plugin=plugin, first_party=first_party)
         self.backends[name] = backend
         try:
             self.pm.register(plugin, name=name)
@@ -129,11 +141,16 @@ class Registry:
         return [b for b in self.backends.values() if b.ok]
 
     def default(self) -> Backend:
-        """The best working backend with a present device: accelerators first, then priority."""
+        """The backend used when the user names none, among the working ones with a present device:
+        one with a present accelerator (NPU, GPU) if any, the highest priority first; else one of
+        aipc's own backends on the CPU, by priority; a third-party CPU backend only when none of
+        those can run. So a third-party plugin's priority counts for its accelerators and never
+        silently puts it before the built-ins on the CPU."""
 
-        def rank(backend: Backend) -> tuple[bool, int]:
+        def rank(backend: Backend) -> tuple[bool, bool, int]:
             device = backend.info.default_device()
-            return (device is not None and device.accelerator, backend.info.priority)
+            accelerated = device is not None and device.accelerator
+            return (accelerated, accelerated or backend.first_party, backend.info.priority)
 
         candidates = [b for b in self.working() if b.info.present]
         if not candidates:

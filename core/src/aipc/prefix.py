@@ -73,11 +73,22 @@ class Slot:
         self.state, self.ids = None, []
 
 
+def same_side(boundary: int, *lengths: int) -> bool:
+    """Whether sequences of these lengths all fit in ``boundary`` tokens, or none does."""
+    return len({n > boundary for n in lengths}) == 1
+
+
 class PrefixCache:
     """Up to ``slots`` states, least recently used replaced first. ``slots=0``: no reuse."""
 
-    def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(self, slots: int = DEFAULT_SLOTS, boundary: int | None = None) -> None:
+        """``boundary``: a LongRoPE model's original context (:func:`aipc.artifacts.longrope_original`).
+        Such a model rotates every position with its short factors while the sequence fits in it and
+        with its long factors once it does not, so a state is reused only for a prompt on its side of
+        the boundary, and never a state whose generation crossed it (its entries mix both, or were
+        re-encoded with the long factors)."""
         self.slots = [Slot() for _ in range(max(int(slots), 0))]
+        self.boundary = boundary
         self._clock = itertools.count(1)
 
     @property
@@ -110,6 +121,8 @@ class PrefixCache:
         else:
             slot = min(self.slots, key=lambda s: s.used)
         reuse = min(shared[id(slot)], len(ids) - 1)
+        if self.boundary and reuse > 0 and not same_side(self.boundary, len(ids), slot.prompt_tokens, len(slot.ids)):
+            reuse = 0
         slot.used, slot.prompt_tokens = next(self._clock), len(ids)
         if reuse <= 0:
             reuse = 0

@@ -7,14 +7,13 @@ and timing figures.
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from . import __version__, cache, prefix
+from . import artifacts, cache, prefix
 from .chat import ChatTemplate, messages_for
 from .errors import (
     AipcError,
@@ -26,98 +25,12 @@ from .errors import (
     UnsupportedDeviceError,
     UnsupportedPrecisionError,
 )
+from .options import parse_options, thread_count  # noqa: F401 - thread_count: re-exported for plugins
 from .plugins import Backend, Registry, registry
 from .sources import DEFAULT_MODEL, ResolvedModel, resolve
 from .streaming import StopStrings
-from .types import Chunk, Device, GenerationConfig, Manifest, Usage, check_precision
-
-Progress = Callable[..., None]
-
-
-def _quiet(message: str, fraction: float | None = None) -> None:
-    pass
-
-
-@dataclass
-class QuantizeRequest:
-    """What ``aipc_quantize`` receives (see :mod:`aipc.hookspecs`)."""
-
-    backend: str
-    source_dir: Path
-    output_dir: Path
-    precision: str
-    device: str
-    options: dict[str, str]
-    source: dict[str, str]
-    cache_dir: Path
-    trust_remote_code: bool = False
-    progress: Progress = _quiet
-
-    def manifest(self, options: dict[str, Any] | None = None, versions: dict[str, str] | None = None) -> Manifest:
-        """The manifest for this request; ``options`` are the settings actually used."""
-        return Manifest(
-            backend=self.backend,
-            precision=self.precision,
-            device=self.device,
-            source=dict(self.source),
-            options=dict(self.options if options is None else options),
-            versions={"aipc": __version__, **(versions or {})},
-        )
-
-
-@dataclass
-class LoadRequest:
-    """What ``aipc_load`` receives (see :mod:`aipc.hookspecs`)."""
-
-    backend: str
-    artifact_dir: Path
-    manifest: Manifest
-    device: str
-    options: dict[str, str]
-    cache_dir: Path
-    trust_remote_code: bool = False
-    progress: Progress = _quiet
-    #: prompt states to keep for prefix reuse, if the backend claims ``prefix_cache`` (0: none)
-    cache_slots: int = 1
-
-
-@dataclass
-class LoadedModel:
-    """What ``aipc_load`` returns: the runtime's object(s) and the context length if known.
-
-    ``cached_tokens``: a backend claiming ``prefix_cache`` sets it during each generate call to
-    the number of prompt tokens whose state it reused; the core resets it to 0 before each call
-    and reports it as ``Usage.cached_tokens``."""
-
-    runtime: Any
-    context_length: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    cached_tokens: int = 0
-
-
-def thread_count(options: dict[str, str]) -> int | None:
-    """Threads from ``-o threads=N`` or ``AIPC_NUM_THREADS``; None leaves the runtime's default."""
-    value = options.get("threads") or os.environ.get("AIPC_NUM_THREADS")
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise InvalidConfigError(f"threads must be a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def parse_options(pairs: Sequence[str] | dict[str, Any] | None) -> dict[str, str]:
-    """``["k=v", ...]`` (the CLI's ``-o``) or a dict, as a dict of strings."""
-    if not pairs:
-        return {}
-    if isinstance(pairs, dict):
-        return {str(k): str(v) for k, v in pairs.items()}
-    options = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise InvalidConfigError(f"option {pair!r} is not KEY=VALUE")
-        options[name.strip()] = value.strip()
-    return options
+from .types import (Chunk, Device, GenerationConfig, LoadedModel, LoadRequest, Manifest, Progress, QuantizeRequest,
+                    Usage, _quiet, check_precision)
 
 
 def choose(reg: Registry, backend: str | None, precision: str | None, device: str | None, need_present: bool):
@@ -162,12 +75,20 @@ def _detector(reg: Registry) -> Callable[[Path], dict[str, str]]:
 
 
 def artifact_path(backend: Backend, model: ResolvedModel, precision: str, device: str, options: dict[str, str]) -> Path:
-    """The cache folder for this (source, backend and its version, precision, device, options)."""
+    """The cache folder for this (source, backend and its version, precision, device, options).
+
+    The key is the source's content fingerprint, not its name: a model named two ways (a catalogue
+    name, then the folder it resolved to) finds the artifact the first name made."""
     relevant = {k: v for k, v in options.items() if k in backend.info.quantize_options}
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.name).name).strip("-")[:40] or "model"
     digest = cache.key(model.fingerprint, relevant, precision, device, backend.info.version,
                        backend.info.artifact_variant)
-    return cache.home() / "artifacts" / backend.name / f"{slug}-{precision}-{device.lower()}-{digest}"
+    folder = cache.home() / "artifacts" / backend.name
+    suffix = f"-{precision}-{device.lower()}-{digest}"
+    made = sorted(p for p in folder.glob(f"*{suffix}") if not p.name.startswith(cache.TMP_PREFIX)) if folder.is_dir() else []
+    if made:  # the name is only a label
+        return made[0]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.name).name).strip("-")[:40] or "model"
+    return folder / f"{slug}{suffix}"
 
 
 def quantize(
@@ -185,6 +106,7 @@ def quantize(
     reg = registry()
     chosen, device, precision = choose(reg, backend, precision, device, need_present=False)
     options = parse_options(options)
+    chosen.info.check_options(options)
     resolved = resolve(model, progress, _detector(reg))
     if resolved.hf_dir is None:
         raise InvalidConfigError(f"{model} is already a quantized artifact; quantize its source model instead")
@@ -214,6 +136,7 @@ def _quantize_resolved(reg, chosen, resolved, precision, device, options, output
             raise BackendError(f"backend {chosen.name!r} broke its contract: quantize returned no manifest")
         if (manifest.backend, manifest.precision) != (chosen.name, precision):
             raise BackendError(f"backend {chosen.name!r} wrote a manifest for {manifest.backend}/{manifest.precision}")
+        artifacts.copy_side_files(resolved.hf_dir, tmp)  # the tokenizer and chat template the core reads
         manifest.write(tmp)
     return final
 
@@ -247,9 +170,11 @@ def load(
         if precision and check_precision(precision) != manifest.precision:
             raise InvalidConfigError(f"{model} holds {manifest.precision}, not {precision}")
         chosen, device, precision = choose(reg, manifest.backend, manifest.precision, device or manifest.device, True)
+        chosen.info.check_options(options)
         artifact = resolved.artifact_dir
     else:
         chosen, device, precision = choose(reg, backend, precision, device, need_present=True)
+        chosen.info.check_options(options)
         artifact = _quantize_resolved(reg, chosen, resolved, precision, device, options, None, trust_remote_code, progress, False)
         manifest = Manifest.read(artifact)
     progress(f"Loading {resolved.name} ({precision}) on {chosen.name}/{device}")
@@ -312,8 +237,12 @@ class Model:
         takes them (``aipc.tools`` renders tools for the others)."""
         if not messages:
             raise InvalidConfigError("the conversation is empty")
-        if self.template is None:
-            return "\n".join(m.get("content") or "" for m in messages)
+        if self.template is None:  # never messages joined by newlines: the model would answer nonsense
+            raise InvalidModelError(
+                f"{self.artifact_dir} has no chat template (chat_template.jinja, chat_template.json or "
+                "tokenizer_config.json's chat_template), so chat messages cannot be formatted; send the "
+                "prompt as raw text (generate(..., raw=True)) or use a model folder that has one"
+            )
         return self.template.render(messages, tools=tools)
 
     def generate(self, prompt: str, *, system: str | None = None, raw: bool = False, **settings: Any) -> Iterator[str]:
@@ -339,6 +268,9 @@ class Model:
             raise InvalidConfigError(f"backend {self.backend!r} does not support repetition_penalty")
         if config.sampling and not caps.sampling:
             raise InvalidConfigError(f"backend {self.backend!r} does not sample; leave temperature at 0")
+        if config.seed is not None and config.sampling and not caps.seed_determinism:
+            warnings.warn(f"backend {self.backend!r} does not claim seed determinism: seed {config.seed} may not "
+                          "repeat the answer", stacklevel=3)
         if config.constraint is not None and config.constraint.kind not in caps.constraints:
             can = f"it can: {', '.join(caps.constraints)}" if caps.constraints else "it constrains no output"
             raise InvalidConfigError(f"backend {self.backend!r} cannot constrain output to a {config.constraint.kind} ({can})")
@@ -400,11 +332,13 @@ class Model:
             usage.cached_tokens = max(0, min(int(self.loaded.cached_tokens or 0), prompt_tokens))
 
     def close(self) -> None:
-        """Release the runtime (the backend's objects are dropped)."""
+        """Release the runtime (the backend's objects, and what it keeps in ``extra``, are dropped)."""
         self.loaded.runtime = None
+        self.loaded.extra = {}
 
     def __repr__(self) -> str:
         return f"<aipc.Model {self.name} {self.backend}/{self.device}/{self.precision}>"
 
 
-__all__ = ["AipcError", "LoadRequest", "LoadedModel", "Model", "QuantizeRequest", "load", "quantize", "parse_options"]
+__all__ = ["AipcError", "LoadRequest", "LoadedModel", "Model", "QuantizeRequest", "load", "quantize", "parse_options",
+           "thread_count"]

@@ -13,13 +13,7 @@ from typing import Callable
 
 from . import cache
 from .errors import HubUnavailableError, InvalidModelError, ModelNotFoundError
-from .types import MANIFEST_NAME, Manifest
-
-Progress = Callable[..., None]
-
-
-def _quiet(message: str, fraction: float | None = None) -> None:
-    pass
+from .types import MANIFEST_NAME, Manifest, Progress, _quiet
 
 
 @dataclass(frozen=True)
@@ -38,6 +32,18 @@ CATALOGUE: dict[str, CatalogueEntry] = {
     ),
     "phi-3-mini-4k-instruct": CatalogueEntry(
         "Phi-3 mini 4k Instruct (MIT), from the Hugging Face hub", hub_id="microsoft/Phi-3-mini-4k-instruct"
+    ),
+    # LongRoPE (short and long rotary factors, original context 4096): see aipc.artifacts.longrope_original
+    "phi-3-mini-128k-instruct": CatalogueEntry(
+        "Phi-3 mini 128k Instruct (MIT, LongRoPE), from the Hugging Face hub",
+        hub_id="microsoft/Phi-3-mini-128k-instruct",
+    ),
+    "phi-3.5-mini-instruct": CatalogueEntry(
+        "Phi-3.5 mini Instruct (MIT, LongRoPE, 128k), from the Hugging Face hub", hub_id="microsoft/Phi-3.5-mini-instruct"
+    ),
+    "phi-4-mini-instruct": CatalogueEntry(
+        "Phi-4 mini Instruct (MIT, LongRoPE 128k, partial rotary, 200k vocabulary), from the Hugging Face hub",
+        hub_id="microsoft/Phi-4-mini-instruct",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -1,4 +1,12 @@
-"""Plain typed data passed between the core and the backends."""
+"""Plain typed data passed between the core and the backends: the whole plugin contract's data.
+
+What a backend describes itself with (:class:`BackendInfo`, :class:`Device`, :class:`Capabilities`),
+what its hooks receive (:class:`QuantizeRequest`, :class:`LoadRequest`, :class:`GenerationConfig`)
+and return (:class:`Manifest`, :class:`LoadedModel`, :class:`Chunk`). This module, :mod:`aipc.errors`,
+:mod:`aipc.constraints`, :mod:`aipc.hookspecs` and :mod:`aipc.plugins` import nothing above them
+(no :mod:`aipc.runtime`), so a plugin can import the contract alone. ``aipc.runtime.LoadRequest`` and
+its siblings stay importable from :mod:`aipc.runtime` as well.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from . import __version__
 from .constraints import Constraint
 from .errors import InvalidConfigError, InvalidModelError
+from .options import check_options as _check_options
+from .options import option_bool, option_int  # noqa: F401 - their home before aipc.options
 
 #: Precisions a backend may offer, from widest to narrowest.
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -28,27 +39,6 @@ def check_precision(precision: str) -> str:
             f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
         )
     return value
-
-
-def option_bool(name: str, value: str) -> bool:
-    """A backend's ``-o name=value`` as a boolean (1/0, true/false, yes/no, on/off)."""
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InvalidConfigError(f"option {name} must be true or false, got {value!r}")
-
-
-def option_int(name: str, value: str, minimum: int | None = None) -> int:
-    """A backend's ``-o name=value`` as a whole number, at least ``minimum`` if given."""
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise InvalidConfigError(f"option {name} must be a whole number, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise InvalidConfigError(f"option {name} must be >= {minimum}, got {number}")
-    return number
 
 
 @dataclass(frozen=True)
@@ -82,11 +72,31 @@ class Capabilities:
     # keeps the KV state of processed prompts (LoadRequest.cache_slots of them) and prefills only
     # what a new prompt adds to one; reports the reuse in LoadedModel.cached_tokens (aipc.prefix)
     prefix_cache: bool = False
+    # generate itself refuses what it cannot do when called directly: settings not claimed here
+    # (InvalidConfigError) and prompts over its limit (PromptTooLongError). The core checks both
+    # before it calls a backend anyway; claim it and the suite calls the hooks directly to check
+    validates_inputs: bool = False
 
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """A backend's description of itself; cheap to build (no runtime import)."""
+    """A backend's description of itself; cheap to build (no runtime import).
+
+    ``priority`` orders backends when the user names none (``aipc run`` without ``--backend``).
+    The default is the working backend with a present accelerator device (``Device.accelerator``:
+    NPU, GPU) and the highest priority; only when no backend has one does a CPU backend become the
+    default, and then aipc's own backends (the reference ``transformers`` and the project's plugins)
+    come before third-party ones, by priority: a third-party plugin's priority makes it the default
+    through its accelerators, never silently over the built-ins on the CPU. aipc's own priorities:
+    npu 40, directml 30, openvino 20, transformers 0; the example backend uses -10.
+
+    ``options``: the ``-o KEY=VALUE`` names the backend accepts, each with one line of help (shown
+    by ``aipc backends``). The core refuses any other name before the backend is reached, unless it
+    fully matches ``option_pattern`` (a regular expression, e.g. ``[^a-z]*[A-Z][^a-z]*`` for
+    UPPERCASE runtime properties passed through unchecked). Left as None (backends written before
+    this check), no name is checked and the backend sees every option. Values are the backend's to
+    check (:func:`aipc.options.option_int` and friends help).
+    """
 
     name: str
     version: str
@@ -94,11 +104,16 @@ class BackendInfo:
     devices: tuple[Device, ...]
     default_precision: str
     capabilities: Capabilities = field(default_factory=Capabilities)
-    priority: int = 0  # higher wins when the user does not name a backend
+    priority: int = 0  # higher wins when the user does not name a backend (see above)
     runtime_versions: dict[str, str] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)  # -o KEY=VALUE the backend accepts: help
+    options: dict[str, str] | None = None  # -o KEY=VALUE the backend accepts: help; None = not declared
     quantize_options: tuple[str, ...] = ()  # the options that change the artifact (cache key)
     artifact_variant: str = ""  # set from the environment (e.g. an engine); part of the cache key
+    option_pattern: str = ""  # further option names accepted unchecked (a regular expression, full match)
+
+    def check_options(self, options: dict[str, str]) -> None:
+        """Raise InvalidConfigError for an option name this backend does not accept."""
+        _check_options(self.name, options, self.options, self.option_pattern)
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -126,6 +141,13 @@ class GenerationConfig:
     """Settings of one generation. ``max_new_tokens`` excludes the prompt.
 
     ``do_sample`` left as None means: sample when temperature > 0, else greedy.
+
+    ``ignore_eos``: the end-of-sequence tokens (every id that ends generation: the model's EOS and
+    ``generation_config.json``'s list) cannot be generated — their logits are masked, as
+    transformers' ``min_new_tokens`` and llama.cpp's ``ignore_eos`` do — so exactly
+    ``max_new_tokens`` tokens come out, each chosen among the others (benchmarks, tests). It does
+    not mean "generate EOS and go on past it". Under a ``constraint`` it does not apply: the text
+    ends where the constraint's grammar does.
     """
 
     max_new_tokens: int = 256
@@ -136,7 +158,7 @@ class GenerationConfig:
     seed: int | None = None
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # benchmarks force exactly max_new_tokens (not under a constraint: it ends with its grammar)
+    ignore_eos: bool = False  # EOS suppressed: exactly max_new_tokens (see above; not under a constraint)
     constraint: Constraint | None = None  # the text must match a JSON schema, regex or grammar
 
     def __post_init__(self) -> None:
@@ -252,3 +274,67 @@ class Manifest:
         if not isinstance(manifest.source, dict) or not manifest.backend:
             raise InvalidModelError(f"{path} is corrupt: missing backend or source")
         return manifest
+
+
+Progress = Callable[..., None]  #: ``progress(message, fraction=None)``: a line for the user, optional 0..1
+
+
+def _quiet(message: str, fraction: float | None = None) -> None:
+    pass
+
+
+@dataclass
+class QuantizeRequest:
+    """What ``aipc_quantize`` receives (see :mod:`aipc.hookspecs`)."""
+
+    backend: str
+    source_dir: Path
+    output_dir: Path
+    precision: str
+    device: str
+    options: dict[str, str]
+    source: dict[str, str]
+    cache_dir: Path
+    trust_remote_code: bool = False
+    progress: Progress = _quiet
+
+    def manifest(self, options: dict[str, Any] | None = None, versions: dict[str, str] | None = None) -> Manifest:
+        """The manifest for this request; ``options`` are the settings actually used."""
+        return Manifest(
+            backend=self.backend,
+            precision=self.precision,
+            device=self.device,
+            source=dict(self.source),
+            options=dict(self.options if options is None else options),
+            versions={"aipc": __version__, **(versions or {})},
+        )
+
+
+@dataclass
+class LoadRequest:
+    """What ``aipc_load`` receives (see :mod:`aipc.hookspecs`)."""
+
+    backend: str
+    artifact_dir: Path
+    manifest: Manifest
+    device: str
+    options: dict[str, str]
+    cache_dir: Path
+    trust_remote_code: bool = False
+    progress: Progress = _quiet
+    #: prompt states to keep for prefix reuse, if the backend claims ``prefix_cache`` (0: none)
+    cache_slots: int = 1
+
+
+@dataclass
+class LoadedModel:
+    """What ``aipc_load`` returns: the runtime's object(s) and the context length if known.
+
+    ``cached_tokens``: a backend claiming ``prefix_cache`` sets it during each generate call to
+    the number of prompt tokens whose state it reused; the core resets it to 0 before each call
+    and reports it as ``Usage.cached_tokens``."""
+
+    runtime: Any
+    context_length: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    cached_tokens: int = 0

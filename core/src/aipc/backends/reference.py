@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from aipc import __version__, guidance, hookimpl
+from aipc import __version__, artifacts, guidance, hookimpl
+from aipc.errors import PromptTooLongError, UnsupportedPrecisionError
+from aipc.options import thread_count
 from aipc.plugins import package_versions
 from aipc.prefix import PrefixCache
-from aipc.errors import InvalidConfigError, InvalidModelError, UnsupportedPrecisionError
 from aipc.streaming import threaded_stream
-from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig, LoadedModel
 
 NAME = "transformers"
 PRECISIONS = ("fp32", "fp16")
@@ -36,7 +37,7 @@ def aipc_backend_info() -> BackendInfo:
         description="Reference: plain transformers on PyTorch (CPU). Slow, exact; what others are compared with.",
         devices=(Device("CPU", PRECISIONS),),
         default_precision="fp32",
-        capabilities=Capabilities(native_stop_strings=True, repetition_penalty=True, prefix_cache=True,
+        capabilities=Capabilities(validates_inputs=True, native_stop_strings=True, repetition_penalty=True, prefix_cache=True,
                                   constraints=guidance.KINDS),
         priority=0,
         runtime_versions={"torch": _version("torch"), "transformers": _version("transformers")},
@@ -48,9 +49,8 @@ OPTIONS = {"threads": "PyTorch intra-op threads (default: PyTorch's; env AIPC_NU
 
 
 def _check_options(options: dict[str, str]) -> None:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise InvalidConfigError(f"backend {NAME!r} has no option {', '.join(unknown)} (it has: {', '.join(OPTIONS)})")
+    """The core checks option names before a hook is reached; this covers direct hook calls."""
+    aipc_backend_info().check_options(options)
 
 
 @hookimpl
@@ -75,8 +75,6 @@ def aipc_load(request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from aipc.runtime import LoadedModel, thread_count
-
     _check_options(request.options)
     threads = thread_count(request.options)
     if threads:
@@ -89,12 +87,13 @@ def aipc_load(request):
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=request.trust_remote_code,
                                                      **{dtype_argument(): dtype})
     except Exception as error:  # transformers raises OSError, ValueError, safetensors errors...
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise InvalidModelError(f"cannot load {folder}: {first[:200]}") from None
+        raise artifacts.load_error(folder, error) from None
     model.eval()
-    context = getattr(model.config, "max_position_embeddings", None)
-    return LoadedModel(runtime=(model, tokenizer), context_length=context,
-                       extra={"prefix": PrefixCache(request.cache_slots), "guide": guidance.Guide(tokenizer)})
+    original = artifacts.longrope_original(request.artifact_dir)
+    if original:
+        _reencode_at_the_crossing(model, original)
+    return LoadedModel(runtime=(model, tokenizer), context_length=artifacts.context_length(request.artifact_dir),
+                       extra={"prefix": PrefixCache(request.cache_slots, original), "guide": guidance.Guide(tokenizer)})
 
 
 def dtype_argument() -> str:
@@ -165,6 +164,30 @@ def _cropped(cache, length: int):
     return cache if cache.get_seq_length() == length else None
 
 
+def _reencode_at_the_crossing(hf_model, original: int) -> None:
+    """A LongRoPE model (:func:`aipc.artifacts.longrope_original`): make ``generate`` re-encode the
+    whole sequence with the long factors when a generation
+    crosses the original context, into the same cache object.
+
+    transformers' Phi-3 drops the cache there, as the model intends, but its generation loop then
+    feeds the model only the last token, so every later token came from one token of context
+    (measured on a tiny LongRoPE model: 6 of 16 greedy tokens right). Here the cache is emptied in
+    place and the whole sequence fed, so the cache aipc keeps afterwards holds the long-factor state."""
+    import types
+
+    from transformers.generation.utils import GenerationMixin
+
+    def prepare(self, input_ids, past_key_values=None, next_sequence_length=None, **kwargs):
+        if past_key_values is not None and input_ids.shape[1] > original >= past_key_values.get_seq_length() > 0:
+            past_key_values.crop(0)
+            next_sequence_length = None
+            kwargs.pop("position_ids", None)
+        return GenerationMixin.prepare_inputs_for_generation(
+            self, input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values, **kwargs)
+
+    hf_model.prepare_inputs_for_generation = types.MethodType(prepare, hf_model)
+
+
 @hookimpl
 def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     import torch
@@ -176,6 +199,8 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
         processors.append(model.extra["guide"].logits_processor(config.constraint))
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     prompt_ids = inputs["input_ids"][0].tolist()
+    if model.context_length and len(prompt_ids) >= model.context_length:  # the core checks first; direct calls too
+        raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {model.context_length}")
     # Prefix reuse: continue the kept state of the conversation this prompt extends, cut back
     # to the tokens it shares with the prompt; generate() then prefills only the rest.
     slot, reuse = model.extra["prefix"].take(prompt_ids)

@@ -27,8 +27,11 @@ How it works:
   has only the new part prefilled, with no session id; ``usage.prompt_tokens_details.cached_tokens``
   says how many prompt tokens were reused. Requests of a model run one at a time, so the slots are
   never shared by two generations at once; a cancelled generation leaves its slot usable.
-- Backend, precision, device and ``-o`` options are server-wide (the CLI's); a client names
-  a model by its id in ``/v1/models``: the ``--model`` text itself, or a path's last part.
+- Backend, precision, device and ``-o`` options are server-wide (the CLI's) unless a ``--model``
+  value names its own: ``[NAME=]MODEL[@BACKEND[:PRECISION[:DEVICE]]]`` (:class:`.common.ServedModel`),
+  so one server runs a model on the NPU and another on the GPU, or one model on two backends under
+  two names. A client names a model by its id in ``/v1/models``: ``NAME``, else the model text
+  itself, or a path's last part.
   Every answer of a generation carries ``X-Aipc-Backend: BACKEND/DEVICE/PRECISION``; ``/v1/models``
   and ``/api/show`` say the same and the context length the model accepts (once it has loaded).
 - Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` (Ollama-style
@@ -50,9 +53,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import InvalidConfigError
-from . import ollama, openai, responses
-from .common import MAX_BODY_BYTES, ApiError, Guard, Hub, Job, ModelSlot, api_error, dialect_of, log
+from ..errors import AipcError, InvalidConfigError
+from . import ollama, openai, responses, schema
+from .schema import route
+from .common import MAX_BODY_BYTES, ApiError, Guard, Hub, Job, ModelSlot, api_error, dialect_of, log, served_models
 
 __all__ = ["MAX_BODY_BYTES", "ApiError", "Job", "ModelSlot", "create_app", "serve"]
 
@@ -97,13 +101,15 @@ def create_app(model_names: tuple[str, ...], load_kwargs: dict[str, Any], api_ke
         log.exception("unexpected error")
         return api_error(error).response(dialect_of(request.url.path))
 
-    @app.get("/health")
+    @app.get("/health", **route("openai"))
     async def health():
         return {"status": "ok", "version": __version__, "models": {i: s.status() for i, s in hub.slots.items()}}
 
     openai.register(app, hub)
     responses.register(app, hub)
     ollama.register(app, hub)
+    schema.install(app, openai.ChatRequest, openai.CompletionRequest, responses.ResponsesRequest,
+                   ollama.ChatRequest, ollama.GenerateRequest, ollama.ModelRequest)
     return app
 
 
@@ -116,13 +122,20 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_names: tuple[str, ...
 
     from ..plugins import registry
     from ..runtime import choose, parse_options
+    from ..sources import DEFAULT_MODEL
 
     if cache_slots < 0:
         raise InvalidConfigError(f"--cache-slots must be a whole number >= 0, got {cache_slots}")
     if max_queue < 0:
         raise InvalidConfigError(f"--max-queue must be >= 0, got {max_queue}")
-    if backend or precision or device:  # fail now, not on the first request
-        choose(registry(), backend, precision, device, need_present=True)
+    reg = registry()
+    for model in served_models(tuple(model_names) or (DEFAULT_MODEL,)).values():  # fail now, not on a request
+        wanted = {"backend": backend, "precision": precision, "device": device, **model.settings}
+        if any(wanted.values()):
+            try:
+                choose(reg, **wanted, need_present=True)
+            except AipcError as error:
+                raise type(error)(f"--model {model.id}: {error}") from None
     load_kwargs = {"backend": backend, "precision": precision, "device": device, "options": parse_options(options),
                    "trust_remote_code": trust_remote_code, "cache_slots": cache_slots}
     app = create_app(tuple(model_names), load_kwargs, api_key=api_key or None, keep_alive=keep_alive,

@@ -16,6 +16,7 @@ import hmac
 import logging
 import math
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class Job:
     format_param: str = "response_format"  # the request field that asked for the constraint (errors name it)
     keep_alive: float | None = None  # seconds to keep the model loaded after this job (None: the server's)
     load_only: bool = False  # load the model (or unload it, keep_alive 0) and generate nothing (Ollama)
+    delete: bool = False  # unload the model and remove its artifact from the cache (Ollama's /api/delete)
     context_cap: int | None = None  # generate at most up to this many tokens of context (Ollama's num_ctx)
     load_s: float = 0.0  # set by the worker: the time this job spent loading the model
     created: float = field(default_factory=time.perf_counter)
@@ -125,6 +127,7 @@ class ModelSlot:
         self.expires_at: float | None = None  # wall-clock time of the next idle unload (None: never)
         self.known: dict[str, Any] = {}  # backend, device, precision, context: what the last load found
         self.model = None
+        self.artifact: Path | None = None  # the artifact folder the last load used
         self.stopping = False
         self.current: Job | None = None
         self.pending = 0  # running + waiting
@@ -218,6 +221,13 @@ class ModelSlot:
         if self.stopping or job.cancelled.is_set():  # the server stops, or the client left while waiting
             self.stats["cancelled"] += 1
             job.emit(*(("error", STOPPING) if self.stopping else ("gone",)))
+            return
+        if job.delete:
+            self._unload("its artifact is being deleted")
+            try:
+                job.emit("done", self._delete())
+            except Exception as error:  # noqa: BLE001 (answered to the client)
+                job.emit("error", error)
             return
         if job.load_only and job.keep_alive == 0:  # Ollama's "unload now"
             self._unload("asked to (keep_alive 0)")
@@ -365,9 +375,38 @@ class ModelSlot:
             with _load_lock:
                 self.model = load(self.name, progress=progress, **self.load_kwargs)
             self.stats["loads"] += 1
+            self.artifact = Path(self.model.artifact_dir)
             self._measure(self.model)
             log.info("%s: loaded %r in %.1f s", self.id, self.model, self.model.load_s)
         return self.model
+
+    def _delete(self) -> list[str]:
+        """Remove this model's artifact from aipc's cache: the one its last load used, else the one a
+        load would use now (quantized again on the next request). A folder outside the cache (an
+        artifact served by its path) is never removed. Returns the names removed."""
+        import shutil
+
+        from .. import cache
+        from ..plugins import registry
+        from ..runtime import artifact_path, choose
+        from ..sources import resolve
+
+        path = self.artifact
+        if path is None:
+            resolved = resolve(self.name)
+            if resolved.artifact_dir is not None:
+                path = resolved.artifact_dir
+            else:
+                settings = {k: self.load_kwargs.get(k) for k in ("backend", "precision", "device")}
+                backend, device, precision = choose(registry(), **settings, need_present=False)
+                path = artifact_path(backend, resolved, precision, device, self.load_kwargs.get("options") or {})
+        if (cache.home() / "artifacts") not in Path(path).resolve().parents or not Path(path).is_dir():
+            return []
+        with _load_lock:  # not while a quantization (of this model under another id, too) runs
+            shutil.rmtree(path)
+        self.artifact = None
+        log.info("%s: deleted its artifact %s", self.id, Path(path).name)
+        return [Path(path).name]
 
     def _unload(self, why: str) -> None:
         if self.model is not None:
@@ -398,7 +437,7 @@ class Guard:
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             return await too_big.response(dialect_of(scope['path']))(scope, receive, send)
-        body, more = bytearray(), scope["method"] in ("POST", "PUT", "PATCH")
+        body, more = bytearray(), scope["method"] in ("POST", "PUT", "PATCH", "DELETE")
         while more:  # read it all here: a chunked body has no Content-Length to check
             message = await receive()
             if message["type"] != "http.request":
@@ -419,17 +458,43 @@ class Guard:
         await self.app(scope, replay, send)
 
 
-def model_ids(names: tuple[str, ...]) -> dict[str, str]:
-    """Model id -> the name given to ``aipc.load``. A path is served under its last part."""
-    ids: dict[str, str] = {}
-    for name in names:
-        is_path = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
-        model_id = Path(name).name if is_path else name
-        if model_id in ids:
-            raise InvalidConfigError(f"two --model values share the id {model_id!r}")
-        ids[model_id] = name
-    return ids
+_SPEC = re.compile(r"(?:(?P<id>[\w.:-]+)=)?(?P<model>.+?)"
+                   r"(?:@(?P<backend>[\w.-]*)(?::(?P<precision>[\w.-]*)(?::(?P<device>[\w.-]*))?)?)?")
 
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One ``--model`` value: ``[NAME=]MODEL[@BACKEND[:PRECISION[:DEVICE]]]``.
+
+    ``NAME`` is the id clients ask for (default: ``MODEL``, or a path's last part); ``BACKEND``,
+    ``PRECISION`` and ``DEVICE`` override the server-wide ``--backend/--precision/--device`` for
+    this model (an empty part keeps the server's). A value that is an existing path is taken whole.
+    """
+
+    id: str
+    name: str
+    settings: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> "ServedModel":
+        match = None if Path(text).expanduser().exists() else _SPEC.fullmatch(text)
+        name = match["model"] if match else text
+        settings = {k: match[k] for k in ("backend", "precision", "device") if match and match[k]}
+        is_path = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+        model_id = (match and match["id"]) or (Path(name).name if is_path else name)
+        return cls(model_id, name, settings)
+
+
+def served_models(values: tuple[str, ...]) -> dict[str, ServedModel]:
+    """Model id -> what to load, for the ``--model`` values (ids must differ)."""
+    served: dict[str, ServedModel] = {}
+    for value in values:
+        model = ServedModel.parse(value)
+        if model.id in served:
+            raise InvalidConfigError(f"two --model values share the id {model.id!r}: name one, e.g. "
+                                     f"--model {model.id}-2={value}")
+        served[model.id] = model
+    return served
 
 
 async def parse(request: Request, model: type[BaseModel]) -> Any:
@@ -455,15 +520,19 @@ class Hub:
                  max_queue: int) -> None:
         from ..sources import DEFAULT_MODEL
 
-        self.ids = model_ids(tuple(model_names) or (DEFAULT_MODEL,))
-        self.aliases = {**{name: i for i, name in self.ids.items()}, **{i: i for i in self.ids}}
+        self.served = served_models(tuple(model_names) or (DEFAULT_MODEL,))
+        self.ids = {i: model.name for i, model in self.served.items()}
+        names = [model.name for model in self.served.values()]  # a model served twice is asked for by id
+        self.aliases = {**{m.name: i for i, m in self.served.items() if names.count(m.name) == 1},
+                        **{i: i for i in self.served}}
         self.load_kwargs, self.keep_alive, self.max_queue = load_kwargs, keep_alive, max_queue
         self.slots: dict[str, ModelSlot] = {}
         self.created = int(time.time())
 
     def start(self) -> None:
-        for model_id, name in self.ids.items():
-            self.slots[model_id] = ModelSlot(model_id, name, self.load_kwargs, self.keep_alive, self.max_queue)
+        for model_id, model in self.served.items():
+            settings = {**self.load_kwargs, **model.settings}
+            self.slots[model_id] = ModelSlot(model_id, model.name, settings, self.keep_alive, self.max_queue)
 
     async def stop(self) -> None:
         for slot in self.slots.values():

@@ -23,10 +23,12 @@
   context length is ``aipc.context_length``; beside it ``aipc.backend``, ``aipc.device``,
   ``aipc.precision`` (known once the model has loaded).
 - ``POST /api/pull`` prepares a served model: quantizes it into aipc's cache (status lines as
-  NDJSON). It does not download: a model that is not served here is 404.
+  NDJSON). It does not download: a model that is not served here is 404. ``DELETE /api/delete``
+  unloads a served model (after its queued requests) and removes its artifact from aipc's cache
+  (404 when the cache has none); the model stays served, quantized again on its next request. An
+  artifact served by its own path, outside the cache, is never removed.
 - Refused (400 naming the field): ``images``, ``think``, ``tools``, ``logprobs``, ``suffix``,
-  ``template``, ``context``; ``/api/delete``, ``/api/create``, ``/api/copy``, ``/api/push``,
-  ``/api/embed`` answer 501 (use ``aipc models rm`` to remove a cached artifact).
+  ``template``, ``context``; ``/api/create``, ``/api/copy``, ``/api/push``, ``/api/embed`` answer 501.
 - Errors are ``{"error": "..."}``: 400 bad request, 401 missing key, 404 unknown model, 413 body
   too large, 503 when the model's queue is full (Ollama's "server busy") or the server stops.
 """
@@ -39,15 +41,16 @@ import json
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from .. import __version__
 from ..errors import InvalidConfigError
 from .common import ApiError, Hub, Job, ModelSlot, _load_lock, api_error, first_event, collect, log, parse
+from .schema import Body as _Strict, Refused, no_op, route
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this mirrors (what /api/version answers)
 NDJSON = "application/x-ndjson"
@@ -58,16 +61,15 @@ _NO_OP = {"mirostat": 0, "tfs_z": 1, "typical_p": 1, "min_p": 0, "presence_penal
           "frequency_penalty": 0, "mirostat_tau": None, "mirostat_eta": None}  # None: harmless when mirostat is 0
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
 
 
 class Options(_Strict):
-    model_config = ConfigDict(strict=True, extra="allow")
+    # unknown options are refused by check() (runtime-only ones ignored): the schema lists the known ones
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"additionalProperties": False})
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    num_predict: int | None = None
+    num_predict: Annotated[int | None, WithJsonSchema({"anyOf": [{"type": "null"}, {"type": "integer", "not": {"const": 0}}]})] = None
     stop: list[str] | str | None = None
     seed: int | None = None
     repeat_penalty: float | None = Field(None, gt=0)
@@ -91,9 +93,9 @@ class Options(_Strict):
 class Message(_Strict):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
-    images: Any = None
-    tool_calls: Any = None
-    thinking: Any = None
+    images: Refused = None
+    tool_calls: Refused = None
+    thinking: Refused = None
 
 
 class _Request(_Strict):
@@ -102,17 +104,17 @@ class _Request(_Strict):
     options: Options | None = None
     format: Literal["", "json"] | dict[str, Any] | None = None
     keep_alive: float | str | None = None
-    think: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    tools: Any = None
+    think: Refused = None
+    logprobs: Refused = None
+    top_logprobs: Refused = None
+    tools: Refused = None
 
     REFUSED: ClassVar[tuple[str, ...]] = ("think", "logprobs", "top_logprobs", "tools")
 
     def refuse(self) -> None:
         for name in self.REFUSED:
             value = getattr(self, name)
-            if value not in (None, False, 0, [], "", {}):
+            if not no_op(value):
                 raise ApiError(400, f"{name}: not supported by aipc's Ollama API", param=name)
         if self.options is not None:
             self.options.check()
@@ -153,7 +155,7 @@ class ChatRequest(_Request):
         super().refuse()
         for i, message in enumerate(self.messages):
             for name in ("images", "tool_calls", "thinking"):
-                if getattr(message, name) not in (None, [], ""):
+                if not no_op(getattr(message, name)):
                     raise ApiError(400, f"messages.{i}.{name}: not supported by aipc's Ollama API",
                                    param=f"messages.{i}.{name}")
 
@@ -162,15 +164,18 @@ class GenerateRequest(_Request):
     prompt: str = ""
     system: str | None = None
     raw: bool = False
-    images: Any = None
-    suffix: Any = None
-    template: Any = None
-    context: Any = None
+    images: Refused = None
+    suffix: Refused = None
+    template: Refused = None
+    context: Refused = None
 
     REFUSED: ClassVar[tuple[str, ...]] = _Request.REFUSED + ("images", "suffix", "template", "context")
 
 
 class ModelRequest(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={
+        "anyOf": [{"required": ["model"], "properties": {"model": {"type": "string", "minLength": 1}}},
+                  {"required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}]})
     model: str | None = None
     name: str | None = None  # the older spelling
     stream: bool = True
@@ -284,11 +289,11 @@ async def _answer(request: Request, slot: ModelSlot, job: Job, stream: bool, cha
 
 
 def register(app: FastAPI, hub: Hub) -> None:
-    @app.get("/api/version")
+    @app.get("/api/version", **route("ollama"))
     async def version():
         return {"version": OLLAMA_VERSION, "aipc": __version__}
 
-    @app.post("/api/chat")
+    @app.post("/api/chat", **route("ollama", 404, 500, 503, body=ChatRequest, streams=NDJSON))
     async def chat(request: Request):
         body = await parse(request, ChatRequest)
         body.refuse()
@@ -299,7 +304,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         return await _answer(request, slot, body.job(messages=messages), body.stream, chat=True)
 
-    @app.post("/api/generate")
+    @app.post("/api/generate", **route("ollama", 404, 500, 503, body=GenerateRequest, streams=NDJSON))
     async def generate(request: Request):
         body = await parse(request, GenerateRequest)
         body.refuse()
@@ -315,12 +320,12 @@ def register(app: FastAPI, hub: Hub) -> None:
             job = body.job(messages=messages)
         return await _answer(request, slot, job, body.stream, chat=False)
 
-    @app.get("/api/tags")
+    @app.get("/api/tags", **route("ollama"))
     async def tags():
         return {"models": [{"name": slot.id, "model": slot.id, "modified_at": _now(), "size": 0,
                             "digest": _digest(slot), "details": details(slot)} for slot in hub.slots.values()]}
 
-    @app.get("/api/ps")
+    @app.get("/api/ps", **route("ollama"))
     async def ps():
         running = []
         for slot in hub.slots.values():
@@ -336,7 +341,7 @@ def register(app: FastAPI, hub: Hub) -> None:
                             "size_vram": 0, "context_length": meta["context_length"]})
         return {"models": running}
 
-    @app.post("/api/show")
+    @app.post("/api/show", **route("ollama", 404, body=ModelRequest))
     async def show(request: Request):
         slot = hub.slot_for((await parse(request, ModelRequest)).model_name())
         meta = slot.metadata()
@@ -348,22 +353,33 @@ def register(app: FastAPI, hub: Hub) -> None:
                              "model_info": info, "capabilities": ["completion"], "modified_at": _now()},
                             headers={"X-Aipc-Backend": slot.header()})
 
-    @app.post("/api/pull")
+    @app.post("/api/pull", **route("ollama", 404, 500, body=ModelRequest, streams=NDJSON))
     async def pull(request: Request):
         body = await parse(request, ModelRequest)
         slot = hub.slot_for(body.model_name())
         return await _pull(slot, body.stream)
 
-    for path, method in (("/api/delete", "DELETE"), ("/api/create", "POST"), ("/api/copy", "POST"),
+    @app.delete("/api/delete", **route("ollama", 404, 500, 503, body=ModelRequest))
+    async def delete(request: Request):
+        name = (await parse(request, ModelRequest)).model_name()
+        slot = hub.slot_for(name)
+        job = Job(asyncio.get_running_loop(), {}, load_only=True, delete=True)
+        slot.submit(job)  # after the model's running and waiting requests
+        kind, value = await job.events.get()
+        if kind == "error":
+            raise api_error(value)
+        if not value:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        return Response(status_code=200)
+
+    for path, method in (("/api/create", "POST"), ("/api/copy", "POST"),
                          ("/api/push", "POST"), ("/api/embed", "POST"), ("/api/embeddings", "POST")):
-        app.add_api_route(path, _refuse(path), methods=[method])
+        app.add_api_route(path, _refuse(path), methods=[method], include_in_schema=False)  # 501
 
 
 def _refuse(path: str):
-    what = {"/api/delete": "use `aipc models rm` to remove a cached artifact"}.get(path, "not implemented")
-
     async def refused():
-        return JSONResponse({"error": f"{path}: aipc does not support this endpoint ({what})"}, status_code=501)
+        return JSONResponse({"error": f"{path}: aipc does not support this endpoint"}, status_code=501)
 
     return refused
 

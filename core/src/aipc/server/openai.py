@@ -18,21 +18,21 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..errors import InvalidConfigError
 from .common import ApiError, Hub, Job, ModelSlot, api_error, collect, first_event, parse as _parse
+from .schema import Body as _Strict, Refused, no_op, route
+
+SSE = "text/event-stream"
 
 # ---------------------------------------------------------------------------------- requests
 
 
-class _Strict(BaseModel):
-    # strict: "5" is not a number and "true" is not a boolean; unknown fields are ignored
-    model_config = ConfigDict(strict=True, extra="ignore")
 
 
 class StreamOptions(_Strict):
@@ -55,7 +55,18 @@ class ToolCall(_Strict):
     function: CalledFunction
 
 
+_NEEDS = [  # what refuse_unsupported checks by hand, for the OpenAPI document
+    {"if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+     "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}},
+    {"if": {"properties": {"role": {"const": "tool"}}},
+     "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}}},
+    {"if": {"required": ["role"], "properties": {"role": {"const": "assistant"}},
+            "not": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}},
+     "then": {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}}]
+
+
 class Message(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={"allOf": _NEEDS})
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = None  # assistant
@@ -82,6 +93,9 @@ class JsonSchemaFormat(_Strict):
 
 
 class ResponseFormat(_Strict):
+    model_config = ConfigDict(json_schema_extra={"if": {"properties": {"type": {"const": "json_schema"}}},
+                                                 "then": {"required": ["json_schema"],
+                                                          "properties": {"json_schema": {"type": "object"}}}})
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -107,11 +121,6 @@ class ToolChoice(_Strict):
     function: ChosenFunction
 
 
-def _off(value: Any) -> bool:
-    """Whether a field that would change the answer is absent or at its no-op value."""
-    return value is None or value is False or value == 0 or value == {} or value == []
-
-
 class _Request(_Strict):
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -122,17 +131,17 @@ class _Request(_Strict):
     ignore_eos: bool | None = None  # as in vLLM: generate exactly max_tokens (benchmarks, tests)
     seed: int | None = Field(None, ge=0)
     stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1)
+    n: Annotated[int | None, WithJsonSchema({"enum": [None, 1]})] = Field(None, ge=1)  # one choice
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     # fields aipc does not implement: refused (400 naming the field) unless absent or at their no-op value
-    logprobs: Any = None
-    top_logprobs: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    best_of: Any = None
+    logprobs: Refused = None
+    top_logprobs: Refused = None
+    logit_bias: Refused = None
+    presence_penalty: Refused = None
+    frequency_penalty: Refused = None
+    best_of: Annotated[Any, WithJsonSchema({"enum": [None, 1]})] = None
 
     UNSUPPORTED: ClassVar[tuple[str, ...]] = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty",
                                      "frequency_penalty")
@@ -146,7 +155,7 @@ class _Request(_Strict):
             raise ApiError(400, "best_of: aipc generates one choice per request", param="best_of",
                            code="unsupported_value")
         for name in self.UNSUPPORTED:
-            if not _off(getattr(self, name)):
+            if not no_op(getattr(self, name)):
                 raise ApiError(400, f"{name}: not supported by aipc", param=name, code="unsupported_parameter")
 
     def constraint(self):
@@ -181,18 +190,18 @@ class ChatRequest(_Request):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
     parallel_tool_calls: bool | None = None  # at most one call per answer satisfies either value
-    functions: Any = None  # OpenAI's legacy function calling: refused, use tools
-    function_call: Any = None
-    audio: Any = None
-    modalities: Any = None
-    web_search_options: Any = None
+    functions: Refused = None  # OpenAI's legacy function calling: refused, use tools
+    function_call: Refused = None
+    audio: Refused = None
+    modalities: Annotated[Any, WithJsonSchema({"enum": [None, ["text"]]})] = None
+    web_search_options: Refused = None
 
     UNSUPPORTED: ClassVar[tuple[str, ...]] = _Request.UNSUPPORTED + ("functions", "function_call", "audio",
                                                                      "web_search_options")
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.modalities is not None and list(self.modalities) != ["text"]:
+        if not no_op(self.modalities) and self.modalities != ["text"]:
             raise ApiError(400, "modalities: aipc answers text only", param="modalities", code="unsupported_value")
         for i, message in enumerate(self.messages):
             if message.content is None and not (message.role == "assistant" and message.tool_calls):
@@ -246,9 +255,9 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
-    suffix: Any = None
-    echo: Any = None
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]  # one prompt per request
+    suffix: Refused = None
+    echo: Refused = None
 
     UNSUPPORTED: ClassVar[tuple[str, ...]] = _Request.UNSUPPORTED + ("suffix", "echo")
 
@@ -272,15 +281,15 @@ def describe(hub: Hub, model_id: str) -> dict[str, Any]:
 
 
 def register(app: FastAPI, hub: Hub) -> None:
-    @app.get("/v1/models")
+    @app.get("/v1/models", **route("openai"))
     async def models():
         return {"object": "list", "data": [describe(hub, i) for i in hub.ids]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", **route("openai", 404))
     async def one_model(model_id: str):
         return describe(hub, hub.slot_for(model_id).id)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", **route("openai", 404, 429, 500, 503, body=ChatRequest, streams=SSE))
     async def chat_completions(request: Request):
         body = await _parse(request, ChatRequest)
         body.refuse_unsupported()
@@ -288,7 +297,7 @@ def register(app: FastAPI, hub: Hub) -> None:
                   tools=body.tool_list(), choice=body.choice())
         return await _answer(request, hub.slot_for(body.model), job, body, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", **route("openai", 404, 429, 500, 503, body=CompletionRequest, streams=SSE))
     async def completions(request: Request):
         body = await _parse(request, CompletionRequest)
         body.refuse_unsupported()

@@ -24,18 +24,17 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..errors import InvalidConfigError
 from .common import ApiError, Hub, Job, ModelSlot, api_error, collect, first_event, parse
+from .schema import Body as _Strict, Refused, no_op, route
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
 
 
 class InputPart(_Strict):
@@ -76,16 +75,16 @@ class ResponsesRequest(_Strict):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     text: TextOptions | None = None
-    previous_response_id: Any = None
-    conversation: Any = None
-    background: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    reasoning: Any = None
-    include: Any = None
-    prompt: Any = None
-    truncation: Literal["auto", "disabled"] | None = None
-    top_logprobs: Any = None
+    previous_response_id: Refused = None
+    conversation: Refused = None
+    background: Refused = None
+    tools: Refused = None
+    tool_choice: Annotated[Any, WithJsonSchema({"enum": [None, "none", "auto"]})] = None  # no tools here
+    reasoning: Refused = None
+    include: Refused = None
+    prompt: Refused = None
+    truncation: Annotated[Literal["auto", "disabled"] | None, WithJsonSchema({"enum": [None, "disabled"]})] = None
+    top_logprobs: Refused = None
 
     REFUSED: ClassVar[dict[str, str]] = {"previous_response_id": "aipc's Responses API is stateless: send the whole conversation as input",
                "conversation": "aipc's Responses API is stateless: send the whole conversation as input",
@@ -97,7 +96,7 @@ class ResponsesRequest(_Strict):
     def refuse(self) -> None:
         for name, why in self.REFUSED.items():
             value = getattr(self, name)
-            if value not in (None, False, 0, [], {}, ""):
+            if not no_op(value):
                 raise ApiError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
         if self.tool_choice not in (None, "none", "auto"):
             raise ApiError(400, "tool_choice: no tools on /v1/responses", param="tool_choice",
@@ -208,7 +207,8 @@ def _status(usage) -> str:
 
 
 def register(app: FastAPI, hub: Hub) -> None:
-    @app.post("/v1/responses")
+    @app.post("/v1/responses", **route("openai", 404, 429, 500, 503, body=ResponsesRequest,
+                                       streams="text/event-stream"))
     async def responses(request: Request):
         body = await parse(request, ResponsesRequest)
         body.refuse()

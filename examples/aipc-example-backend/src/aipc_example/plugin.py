@@ -7,22 +7,20 @@ they do. Walkthrough: docs/writing-a-backend.md in the aipc repository.
 
 from __future__ import annotations
 
-import shutil
 from importlib.metadata import version
 from pathlib import Path
 from typing import Iterator
 
-from aipc import guidance, hookimpl
-from aipc.errors import InvalidModelError, UnsupportedPrecisionError
+from aipc import artifacts, guidance, hookimpl
+from aipc.errors import InvalidConfigError, PromptTooLongError, UnsupportedPrecisionError
+from aipc.options import thread_count
 from aipc.prefix import PrefixCache
 from aipc.streaming import IncrementalDecoder
-from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig, LoadedModel
 
 NAME = "example"  # must equal the entry-point name in pyproject.toml
 PRECISIONS = ("fp32", "int8")
 WEIGHTS = {"fp32": "model_fp32.pt", "int8": "model_int8.pt"}
-KEEP = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "chat_template.jinja")
 
 
 @hookimpl
@@ -34,10 +32,11 @@ def aipc_backend_info() -> BackendInfo:
         description="Example: PyTorch CPU with dynamic int8 Linear layers and a plain decode loop",
         devices=(Device("CPU", PRECISIONS),),
         default_precision="int8",
-        capabilities=Capabilities(native_stop_strings=False, repetition_penalty=False, exact_precisions=("fp32",),
+        capabilities=Capabilities(validates_inputs=True, native_stop_strings=False, repetition_penalty=False, exact_precisions=("fp32",),
                                   prefix_cache=True, constraints=guidance.KINDS),
         priority=-10,  # never chosen over a real accelerator unless asked for
         runtime_versions={"torch": version("torch")},
+        # the -o names accepted; the core refuses any other before a hook is called
         options={"threads": "PyTorch threads (env AIPC_NUM_THREADS)"},
     )
 
@@ -61,9 +60,9 @@ def aipc_quantize(request):
     request.progress(f"Quantizing Linear layers to {request.precision}")
     model = AutoModelForCausalLM.from_pretrained(request.source_dir, dtype=torch.float32).eval()
     torch.save(_quantized(model, request.precision).state_dict(), Path(request.output_dir) / WEIGHTS[request.precision])
-    for name in KEEP:
-        if (Path(request.source_dir) / name).exists():
-            shutil.copy2(Path(request.source_dir) / name, request.output_dir)
+    # config, tokenizer and chat template: what aipc_load and the core read (the core would copy
+    # them after this hook too; doing it here keeps the folder complete for our own load)
+    artifacts.copy_side_files(request.source_dir, request.output_dir)
     return request.manifest(versions={"torch": torch.__version__})
 
 
@@ -71,8 +70,6 @@ def aipc_quantize(request):
 def aipc_load(request):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from aipc.runtime import LoadedModel, thread_count
 
     if threads := thread_count(request.options):
         torch.set_num_threads(threads)
@@ -83,17 +80,12 @@ def aipc_load(request):
         model.load_state_dict(torch.load(folder / WEIGHTS[request.manifest.precision], weights_only=True), strict=False)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as error:  # missing or truncated files: say so in one line
-        raise InvalidModelError(f"cannot load {folder}: {str(error).splitlines()[0][:200]}") from None
-    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    if (folder / "generation_config.json").exists():
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        extra = HFGenerationConfig.from_pretrained(folder).eos_token_id
-        eos += extra if isinstance(extra, list) else [extra]
-    return LoadedModel(runtime=(model, tokenizer), context_length=config.max_position_embeddings,
-                       extra={"eos": {i for i in eos if i is not None},
+        raise artifacts.load_error(folder, error) from None
+    return LoadedModel(runtime=(model, tokenizer), context_length=artifacts.context_length(folder),
+                       extra={"eos": artifacts.eos_token_ids(folder),  # config.json + generation_config.json
                               # prefix reuse: the KV caches of the last conversations (see aipc_generate)
-                              "prefix": PrefixCache(request.cache_slots),
+                              # (a LongRoPE model's states are never reused across its original context)
+                              "prefix": PrefixCache(request.cache_slots, artifacts.longrope_original(folder)),
                               # constrained output: llguidance masks each step's logits
                               "guide": guidance.Guide(tokenizer)})
 
@@ -127,9 +119,15 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
     from transformers import DynamicCache
 
     hf_model, tokenizer = model.runtime
+    # Refuse what this loop cannot do (the capabilities say so too; the core checks them first,
+    # but a backend must not silently ignore a setting that reaches it).
+    if config.repetition_penalty != 1.0:
+        raise InvalidConfigError(f"backend {NAME!r} has no repetition penalty")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    if model.context_length and len(prompt_ids) >= model.context_length:
+        raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {model.context_length}")
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     decoder = IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     matcher = model.extra["guide"].matcher(config.constraint) if config.constraint else None
     # Prefix reuse: continue the KV cache of the conversation this prompt extends, cut back to
     # the tokens both share, and feed only the rest. `seen` is what the cache holds, always.
@@ -139,24 +137,33 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
     model.cached_tokens = reuse
     seen = list(prompt_ids[:reuse])
     input_ids = prompt_ids[reuse:]
-    # A plain generator: when the core closes it early (stop string, Ctrl-C) the loop just ends,
-    # and `finally` records what the cache holds for the next prompt.
+    # ignore_eos: EOS cannot be chosen (its logits are masked), so exactly max_new_tokens come out,
+    # as the reference does; not under a constraint, which ends where its grammar does.
+    eos = sorted(model.extra["eos"])
+    suppress_eos = config.ignore_eos and matcher is None
+    # A plain generator: when the core closes it early (stop string, Ctrl-C, the last token
+    # counted) the loop just ends, and `finally` records what the cache holds for the next prompt.
     try:
         with torch.inference_mode():
-            for _ in range(config.max_new_tokens):
+            for step in range(config.max_new_tokens):
                 out = hf_model(input_ids=torch.tensor([input_ids]), past_key_values=past, use_cache=True)
                 past, seen = out.past_key_values, seen + input_ids
                 logits = out.logits[0, -1].float()
                 if matcher is not None:
                     model.extra["guide"].mask_(matcher, logits)
+                if suppress_eos:
+                    logits[[i for i in eos if i < logits.numel()]] = float("-inf")
                 token = _next_token(logits, config, generator)
-                if token in model.extra["eos"] and (matcher is not None or not config.ignore_eos):
+                if token in model.extra["eos"]:
                     break
                 if matcher is not None:
                     matcher.consume_token(token)
-                yield Chunk(decoder.add([token]), tokens=1, ids=(token,))
+                text = decoder.add([token])
+                if step == config.max_new_tokens - 1:  # the core closes the stream after this token:
+                    text += decoder.flush()  # release the text held back for an incomplete character now
+                yield Chunk(text, tokens=1, ids=(token,))
                 input_ids = [token]
-        rest = decoder.flush()
+        rest = decoder.flush()  # ended at EOS: the held-back tail
         if rest:
             yield Chunk(rest, tokens=0)
     finally:

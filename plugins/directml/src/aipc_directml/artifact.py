@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from aipc.errors import InvalidModelError
+from aipc.errors import InvalidModelError, UnsupportedArchitectureError
 
 CONFIG = "genai_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -62,6 +62,26 @@ def built_for(config: dict[str, Any]) -> str:
             for name in entry:
                 return str(name).lower()
     return "cpu"
+
+
+def check_rotary(hf: dict[str, Any]) -> None:
+    """Refuse, before any work, a partial rotary shape onnxruntime-genai's attention cannot run: its
+    GroupQueryAttention wants the cos cache (half the rotated dimensions) at most half the head
+    and a multiple of 8, and says so only when generating ("cos_cache dimension 1 must be <=
+    head_size / 2 and a multiple of 8"). Phi-4-mini (head 128, 0.75 rotated: 48) passes."""
+    hf = hf.get("text_config", hf)
+    heads, hidden = hf.get("num_attention_heads"), hf.get("hidden_size")
+    if not heads or not hidden:
+        return
+    head = int(hf.get("head_dim") or hidden // heads)
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    factor = float(hf.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0)
+    cos = int(head * factor) // 2
+    if cos % 8 or cos > head // 2:
+        raise UnsupportedArchitectureError(
+            f"onnxruntime-genai cannot run this model's rotary shape: {int(head * factor)} of {head} head dimensions "
+            f"rotate (partial_rotary_factor {factor:g}), and its attention needs half of that ({cos}) to be a "
+            f"multiple of 8 and at most {head // 2}")
 
 
 def context_length(config: dict[str, Any]) -> int | None:

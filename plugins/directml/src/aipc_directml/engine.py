@@ -29,11 +29,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from aipc.artifacts import first_line, longrope_original, read_config
 from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
+from aipc.options import thread_count
 from aipc.prefix import PrefixCache, Slot
-from aipc.types import Chunk, GenerationConfig
+from aipc.types import Chunk, GenerationConfig, LoadedModel
 
 from . import artifact
+from .devices import describe_devices
 
 
 @dataclass
@@ -81,11 +84,6 @@ def _og():
     return og
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
-
-
 def dml_available(og) -> bool:
     check = getattr(og, "is_dml_available", None)
     try:
@@ -95,19 +93,17 @@ def dml_available(og) -> bool:
 
 
 def _dml_absent_reason() -> str:
-    from .plugin import _devices
-
-    dml = next(d for d in _devices() if d.name == "DML")
+    dml = next(d for d in describe_devices() if d.name == "DML")
     return dml.reason or "the installed onnxruntime-genai was not built with DirectML"
 
 
 def load(request, device: str):
-    from aipc.runtime import LoadedModel, thread_count
     from aipc.streaming import hf_decoder
 
     folder = Path(request.artifact_dir)
     config = artifact.read_config(folder)
     artifact.check_files(folder, config)
+    artifact.check_rotary(read_config(folder))
     threads = thread_count(request.options)
     target = artifact.built_for(config)
     og = _og()
@@ -135,7 +131,7 @@ def load(request, device: str):
     except InvalidConfigError:
         raise
     except Exception as error:  # onnxruntime-genai raises RuntimeError for everything
-        message = _first_line(error)
+        message = first_line(error, 300)
         if "DML" in message or "DirectML" in message:
             raise BackendUnavailableError(f"DirectML cannot run this model here: {message}") from None
         raise InvalidModelError(f"cannot load {folder}: {message}") from None
@@ -143,7 +139,7 @@ def load(request, device: str):
     # continuing a generator: CPU provider only (onnxruntime-genai refuses it on DirectML), and a
     # context length to size the kept generators' max_length
     if provider == "cpu" and runtime.context_length and hasattr(og.Generator, "rewind_to"):
-        runtime.slots = PrefixCache(request.cache_slots)
+        runtime.slots = PrefixCache(request.cache_slots, longrope_original(folder))
     runtime.added = _added_tokens(tokenizer)
     runtime.decode = hf_decoder(folder)  # the reference's text for the same ids (see aipc.streaming)
     request.progress(f"Loaded on the {provider.upper()} execution provider (model built for {target})")
@@ -280,7 +276,7 @@ def _guidance_absent(runtime: Runtime) -> str:
     except Exception as error:
         if "unsupported guidance type" in str(error).lower():
             return ""
-        return f"its guidance check failed: {_first_line(error)}"
+        return f"its guidance check failed: {first_line(error, 300)}"
     del generator
     return "it was built without guidance (llguidance): set_guidance would be ignored"
 
@@ -316,12 +312,12 @@ def _generator(runtime: Runtime, options: dict[str, Any], guide: Guide | None = 
         params = og.GeneratorParams(runtime.model)
         params.set_search_options(**options)
     except Exception as error:
-        raise InvalidConfigError(f"onnxruntime-genai refused the settings: {_first_line(error)}") from None
+        raise InvalidConfigError(f"onnxruntime-genai refused the settings: {first_line(error, 300)}") from None
     if guide is None:
         try:
             return og.Generator(runtime.model, params)
         except Exception as error:
-            raise InvalidConfigError(f"onnxruntime-genai refused the settings: {_first_line(error)}") from None
+            raise InvalidConfigError(f"onnxruntime-genai refused the settings: {first_line(error, 300)}") from None
     try:  # the runtime compiles the grammar here, before any token
         params.set_guidance(guide.type, guide.data)
         return og.Generator(runtime.model, params)

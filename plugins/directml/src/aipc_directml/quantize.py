@@ -19,7 +19,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from aipc.errors import BackendError, InvalidConfigError, InvalidModelError
+from aipc.errors import BackendError, InvalidConfigError, InvalidModelError, UnsupportedArchitectureError
+from aipc.options import thread_count
+
+from . import __version__, artifact
+from .devices import runtime_versions
+from .options import builder_options
 
 LOG_NAME = "build.log"
 _LAYER = re.compile(r"Reading layer (\d+)")
@@ -51,12 +56,9 @@ def builder_command(source_dir: Path, output_dir: Path, precision: str, target: 
 
 
 def build(request, target: str):
-    from aipc.runtime import thread_count
-
-    from . import __version__
-    from .plugin import aipc_backend_info, builder_options
 
     hf = _hf_config(request.source_dir)
+    artifact.check_rotary(hf)
     tied = bool(hf.get("tie_word_embeddings", False))
     extra = builder_options(request.precision, request.device, dict(request.options), tied)
     threads = thread_count(request.options)
@@ -98,7 +100,9 @@ def build(request, target: str):
         except OSError:
             log_copy = out / LOG_NAME
         if "not currently supported" in reason or "NotImplementedError" in reason:
-            raise InvalidModelError(f"onnxruntime-genai's model builder cannot build this model: {reason} (log: {log_copy})")
+            raise UnsupportedArchitectureError(
+                f"onnxruntime-genai's model builder cannot build this model ({hf.get('model_type') or 'unknown'} "
+                f"architecture): {reason} (log: {log_copy})")
         if reason.startswith("ValueError"):
             raise InvalidConfigError(f"onnxruntime-genai's model builder refused the options: {reason} (log: {log_copy})")
         raise BackendError(f"onnxruntime-genai's model builder failed: {reason} (log: {log_copy})")
@@ -106,8 +110,7 @@ def build(request, target: str):
         raise BackendError(f"onnxruntime-genai's model builder wrote no genai_config.json (log: {out / LOG_NAME})")
     seconds = time.perf_counter() - started
     request.progress(f"Built in {seconds:.1f} s", 1.0)
-    info = aipc_backend_info()
     versions = {"aipc-directml": __version__}
-    versions.update({k: v for k, v in info.runtime_versions.items() if v != "not installed"})
+    versions.update({k: v for k, v in runtime_versions().items() if v != "not installed"})
     used = {"target": target, **extra}
     return request.manifest(options=used, versions=versions)

@@ -32,7 +32,6 @@ before the runtime is called, with errors that name the option to change.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -44,8 +43,9 @@ from aipc.errors import (
     InvalidModelError,
     PromptTooLongError,
 )
-from aipc.types import Chunk, GenerationConfig
+from aipc.types import Chunk, GenerationConfig, Manifest
 from aipc_openvino_common import genai
+from aipc_openvino_common.export import context_of
 
 from .devices import AUTO, EMULATED, NPU
 
@@ -63,18 +63,6 @@ def check_files(folder: Path) -> None:
     empty = [name for name in REQUIRED if (Path(folder) / name).stat().st_size == 0]
     if empty:
         raise InvalidModelError(f"{folder}: {', '.join(empty)} empty")
-
-
-def model_context(folder: Path) -> int | None:
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    config = config.get("text_config", config)
-    value = config.get("max_position_embeddings") or config.get("n_positions")
-    if config.get("model_type") == "phi3" and config.get("original_max_position_embeddings"):
-        value = config["original_max_position_embeddings"]  # as optimum-intel exports Phi-3
-    return int(value) if value else None
 
 
 def openvino_npu_reason() -> str | None:
@@ -99,6 +87,7 @@ class NpuPipeline(genai.PipelineText):
         import openvino_genai
 
         self.folder = Path(folder)
+        self.versions = Manifest.read(self.folder).versions  # what exported it: see context_of
         self.requested = device
         self.lock = threading.Lock()
         self.perf: dict[str, Any] = {}
@@ -142,7 +131,7 @@ class NpuPipeline(genai.PipelineText):
 
     @property
     def context_length(self) -> int | None:
-        limits = [n for n in (model_context(self.folder), self.kv_total) if n]
+        limits = [n for n in (context_of(self.folder, self.versions), self.kv_total) if n]
         return min(limits) if limits else None
 
     def check(self, prompt_tokens: int, batch: int = 1, num_beams: int = 1) -> None:

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Iterator
 
 from aipc import errors
+from aipc.artifacts import first_line, read_config
 from aipc.plugins import package_versions
-from aipc.errors import BackendError, BackendUnavailableError, InvalidModelError, PromptTooLongError
+from aipc.errors import (BackendError, BackendUnavailableError, InvalidModelError, PromptTooLongError,
+                         UnsupportedArchitectureError)
 from aipc.streaming import IncrementalDecoder
 from aipc.types import Chunk, GenerationConfig
 
@@ -86,11 +88,24 @@ def _compat_config(data: dict) -> bool:
     return True
 
 
+def check_architecture(folder: Path) -> None:
+    """Refuse before any work what the library's transformers (4.47) cannot run: a Phi-3 that
+    rotates part of each head (Phi-4-mini's ``partial_rotary_factor``; it came in 4.49)."""
+    config = read_config(folder)
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    factor = float(config.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0)
+    if config.get("model_type") == "phi3" and factor != 1.0:
+        raise UnsupportedArchitectureError(
+            f"the library engine's transformers 4.47 cannot run a Phi-3 with partial_rotary_factor {factor:g} "
+            "(Phi-4-mini); use the npu backend's openvino engine (-o engine=openvino)")
+
+
 def write_artifact(source_dir: Path, output_dir: Path) -> dict:
     """Link the Hugging Face folder into ``output_dir``; rewrite what transformers 4.47 cannot read."""
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     if not (source_dir / "config.json").is_file():
         raise InvalidModelError(f"{source_dir} has no config.json")
+    check_architecture(source_dir)
     rewritten = []
     for pattern in MODEL_FILES:
         for file in sorted(source_dir.glob(pattern)):
@@ -132,7 +147,7 @@ class LibraryModel:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         except (OSError, ValueError) as error:
-            raise InvalidModelError(f"cannot load the tokenizer of {self.folder}: {str(error).splitlines()[0][:200]}") from None
+            raise InvalidModelError(f"cannot load the tokenizer of {self.folder}: {first_line(error)}") from None
         workdir.mkdir(parents=True, exist_ok=True)
         logs = workdir.parent / "library-logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -265,6 +280,7 @@ def load(folder: Path, precision: str, device: str, cache_dir: Path, threads: in
          cache_slots: int = 1) -> LibraryModel:
     if device not in (NPU, EMULATED, "AUTO"):
         raise BackendUnavailableError(f"the library engine has no device {device!r}")
+    check_architecture(folder)
     return LibraryModel(folder, precision, device, Path(cache_dir) / "library-workdir", threads, progress, cache_slots)
 
 

@@ -138,10 +138,11 @@ class Worker:
             untied = True
         model.eval()
         model = npu_lib.compile(model, CompilerConfig(dtype=dtype))
+        from aipc.artifacts import longrope_original
         from aipc.prefix import PrefixCache
 
         self.model, self.tokenizer = model, tokenizer
-        self.prefix = PrefixCache(int(message.get("cache_slots", 1)))
+        self.prefix = PrefixCache(int(message.get("cache_slots", 1)), longrope_original(folder))
         self.info = {"npu_available": has_npu, "untied_embeddings": untied, "load_s": round(time.perf_counter() - started, 2),
                      "library": getattr(npu_lib, "__version__", "?"), "torch": torch.__version__}
         self.send(ok=True, info=self.info)

@@ -210,7 +210,21 @@ def pipeline_config(options: dict[str, str], cache_dir: Path) -> dict[str, Any]:
     return config
 
 
+def without_chunked_prefill(config: dict[str, Any], longrope: int | None) -> None:
+    """A LongRoPE model (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) is prefilled in one piece
+    (``PREFILL_HINT=STATIC``): NPUW's chunked prefill rotates the first chunk with the short factors
+    while the prompt is past the original context (measured on the tiny stand-in, NPU-EMU, a
+    215-token prompt in chunks of 64: 0 of 16 greedy tokens right; 14-16 of 16 in one piece)."""
+    if not longrope:
+        return
+    if config.get("PREFILL_HINT") == "DYNAMIC" or "NPUW_LLM_PREFILL_CHUNK_SIZE" in config:
+        raise InvalidConfigError("chunked prefill (PREFILL_HINT=DYNAMIC, NPUW_LLM_PREFILL_CHUNK_SIZE) gets a LongRoPE "
+                                 "model's prompts past its original context wrong (the first chunk is rotated "
+                                 "with the short factors); leave PREFILL_HINT unset or STATIC")
+    config["PREFILL_HINT"] = "STATIC"
+
+
 def threads(options: dict[str, str]) -> int | None:
-    from aipc.runtime import thread_count
+    from aipc.options import thread_count
 
     return thread_count(options)

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 from aipc import hookimpl
+from aipc.artifacts import context_length, longrope_original
 from aipc.plugins import package_versions
 from aipc.errors import BackendUnavailableError, InvalidConfigError, UnsupportedDeviceError, UnsupportedPrecisionError
 from aipc.guidance import KINDS
-from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+from aipc.options import UPPERCASE
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig, LoadedModel
 
 from . import __version__, devices, options as opts
 from .devices import AUTO, EMULATED, NPU, PRECISIONS
@@ -70,6 +72,7 @@ def aipc_backend_info() -> BackendInfo:
         default_precision="int4",
         capabilities=Capabilities(
             streaming=True, native_stop_strings=False, sampling=True, seed_determinism=True, repetition_penalty=True,
+            validates_inputs=True,
             max_prompt_tokens=opts.DEFAULT_MAX_PROMPT_LEN, max_batch_size=1, beam_search=False,
             exact_precisions=exact,
             prefix_cache=engine == "library",  # the library worker keeps DynamicCaches (library_worker.py)
@@ -80,6 +83,7 @@ def aipc_backend_info() -> BackendInfo:
         priority=40,
         runtime_versions={"engine": engine, **_versions(engine)},
         options=dict(opts.HELP),
+        option_pattern=UPPERCASE,  # NPU pipeline properties, passed through
         quantize_options=tuple(opts.QUANTIZE_OPTIONS),
         artifact_variant=engine,  # AIPC_NPU_ENGINE picks the engine: artifacts must not collide
     )
@@ -148,8 +152,6 @@ def _engine_of(manifest) -> str:
 
 @hookimpl
 def aipc_load(request):
-    from aipc.runtime import LoadedModel
-
     options = dict(request.options)
     opts.check_known(options)
     engine = _engine_of(request.manifest)
@@ -167,13 +169,12 @@ def aipc_load(request):
 
         model = library_engine.load(Path(request.artifact_dir), request.manifest.precision, device,
                                     Path(request.cache_dir), threads, request.progress, request.cache_slots)
-        from .genai_engine import model_context
-
-        return LoadedModel(runtime=model, context_length=model_context(request.artifact_dir),
+        return LoadedModel(runtime=model, context_length=context_length(request.artifact_dir),
                            extra={"engine": engine, "device": device, "emulated": model.emulated, "info": model.info})
     from .genai_engine import NpuPipeline
 
     config = opts.pipeline_config(options, Path(request.cache_dir))
+    opts.without_chunked_prefill(config, longrope_original(request.artifact_dir))
     if device == EMULATED and "CACHE_DIR" not in options:
         # measured: a blob NPUW imports from CACHE_DIR runs its CPU sub-device in the CPU's default
         # precision (bf16 here), not the stand-in's f32, and tokens drift; compiling on the CPU

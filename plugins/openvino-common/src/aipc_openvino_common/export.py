@@ -15,24 +15,22 @@ Imported only when quantizing: optimum-intel alone takes 10+ s and ~460 MB to im
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError
+from aipc.artifacts import copy_side_files
+from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError, UnsupportedArchitectureError
 from aipc.plugins import package_versions
 
 from .genai import first_line
 
 IR_FILES = ("openvino_model.xml", "openvino_model.bin")
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
-#: Files of the source folder the artifact keeps (the core renders the chat template from them).
-KEEP = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-        "chat_template.json", "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt")
 RUNTIMES = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "optimum", "nncf", "transformers", "torch")
 
 
@@ -95,20 +93,34 @@ def export(source_dir: Path, output_dir: Path, weight_format: str, weight_config
                 progress("Saving the compressed model", 0.85)
                 model.save_pretrained(output_dir)
                 del model
+                _keep_source_context(source_dir, output_dir)
     except nncf.InvalidGroupSizeError as error:
         raise InvalidConfigError(f"the int4 group size does not fit this model ({first_line(error)}){group_size_hint}") from None
     except (OSError, ValueError, KeyError) as error:
-        raise InvalidModelError(f"cannot export {source_dir}: {first_line(error)}") from None
+        reason = first_line(error)
+        if "unsupported architecture" in reason or "is not supported yet" in reason:  # optimum's wording
+            raise UnsupportedArchitectureError(f"optimum-intel cannot export {source_dir}: {reason}") from None
+        raise InvalidModelError(f"cannot export {source_dir}: {reason}") from None
     export_s = time.perf_counter() - started
     progress("Converting the tokenizer with openvino-tokenizers", 0.92)
     convert_tokenizer(source_dir, output_dir, trust_remote_code)
-    for name in KEEP:
-        if (source_dir / name).is_file() and not (output_dir / name).exists():
-            shutil.copy2(source_dir / name, output_dir / name)
+    copy_side_files(source_dir, output_dir)  # tokenizer and chat template files the core reads
     for name in (*IR_FILES, *TOKENIZER_FILES):
         if not (output_dir / name).is_file():
             raise InvalidModelError(f"the export wrote no {name}")
     return {"export_s": round(export_s, 1), "total_s": round(time.perf_counter() - started, 1)}
+
+
+def _keep_source_context(source_dir: Path, output_dir: Path) -> None:
+    """OVModelForCausalLM sets a LongRoPE Phi-3's ``max_position_embeddings`` to its original context
+    (for its own generate loop) and saves that; the IR it exported carries both factor sets (its
+    rotary picks the long ones past the original context), so the artifact keeps the source's."""
+    from aipc.artifacts import read_config
+
+    source, saved = read_config(source_dir), read_config(output_dir)
+    if saved and source.get("max_position_embeddings", 0) > saved.get("max_position_embeddings", 0):
+        saved["max_position_embeddings"] = source["max_position_embeddings"]
+        (output_dir / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
 
 
 def convert_tokenizer(source_dir: Path, output_dir: Path, trust_remote_code: bool = False) -> None:
@@ -125,3 +137,23 @@ def convert_tokenizer(source_dir: Path, output_dir: Path, trust_remote_code: boo
     ov_tokenizer, ov_detokenizer = ov_convert(tokenizer, with_detokenizer=True)
     openvino.save_model(ov_tokenizer, str(Path(output_dir) / TOKENIZER_FILES[0]))
     openvino.save_model(ov_detokenizer, str(Path(output_dir) / TOKENIZER_FILES[1]))
+
+
+#: The first optimum-intel release whose export was checked here to carry a LongRoPE model's long
+#: factors (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini): on the tiny stand-ins, prompts past the
+#: original context give the reference's greedy tokens (benchmarks/longrope.py).
+LONGROPE_EXPORT_CHECKED = (2, 2, 0)
+
+
+def context_of(folder: Path, versions: dict[str, str]) -> int | None:
+    """The context an exported artifact accepts: the model's full one, or for a LongRoPE model
+    exported by an optimum-intel older than :data:`LONGROPE_EXPORT_CHECKED` (its manifest's
+    ``versions`` say which) only the original context, which is all that export was known to get
+    right."""
+    from aipc.artifacts import context_length
+
+    try:
+        exporter = tuple(int(p) for p in versions.get("optimum-intel", "0").split(".")[:3])
+    except ValueError:
+        exporter = (0,)
+    return context_length(folder, phi3_original=exporter < LONGROPE_EXPORT_CHECKED)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from aipc.errors import BackendError, InvalidConfigError
-from aipc.prefix import common_prefix
+from aipc.prefix import common_prefix, same_side
 from aipc.streaming import hf_decoder, threaded_stream
 from aipc.types import Chunk, GenerationConfig
 
@@ -271,10 +271,11 @@ class ChatReuse:
     Call :meth:`inputs` and :meth:`end` under the pipeline's lock.
     """
 
-    def __init__(self, pipe, enabled: bool) -> None:
-        self.pipe, self.enabled = pipe, enabled
+    def __init__(self, pipe, enabled: bool, boundary: int | None = None) -> None:
+        self.pipe, self.enabled, self.boundary = pipe, enabled, boundary
         self.history: list[int] | None = None  # the pipeline's tokenized chat history; None: restart
         self.kv: list[int] = []  # what the KV cache holds, at most (the last answer token may be unfed)
+        self.prompt_tokens = 0  # of the run that filled it (a LongRoPE state's side: see aipc.prefix)
         self.sent: tuple[list[int], list[int]] = ([], [])
         # 2026.4 marks start_chat/finish_chat deprecated in favour of ChatHistory, which takes
         # messages (templated by the pipeline), not the core's templated token ids
@@ -292,8 +293,9 @@ class ChatReuse:
         if not self.enabled:
             return _ids_tensor(ids), 0  # never in chat mode: the pipeline resets its state every call
         history, self.history = self.history, None  # unknown until end() has seen the run finish
-        if history is None:
-            history = self._restart()
+        if history is None or (self.boundary and self.kv and
+                               not same_side(self.boundary, len(ids), self.prompt_tokens, len(self.kv))):
+            history = self._restart()  # a LongRoPE state is not reused across the original context
         if history and len(ids) > len(history) and ids[:len(history)] == history:
             new = ids[len(history):]
         else:
@@ -337,7 +339,7 @@ class ChatReuse:
         history, new = self.sent
         tokens = [int(t) for t in result.tokens[0]]
         self.history = history if cancelled else history + new + tokens
-        self.kv = list(ids) + tokens
+        self.kv, self.prompt_tokens = list(ids) + tokens, len(ids)
         return len(ids) - int(result.perf_metrics.get_num_input_tokens())
 
 

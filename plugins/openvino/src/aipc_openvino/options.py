@@ -218,7 +218,7 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
 
 def runtime_config(options: dict[str, str], device: str, cache_dir: Path | None, precision: str = "") -> dict[str, Any]:
     """The properties LLMPipeline gets: the walkthrough's defaults, then the user's overrides."""
-    from aipc.runtime import thread_count
+    from aipc.options import thread_count
 
     check_names(options)
     config: dict[str, Any] = {}

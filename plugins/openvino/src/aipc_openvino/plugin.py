@@ -15,7 +15,8 @@ from aipc import hookimpl
 from aipc.plugins import package_versions
 from aipc.constraints import KINDS
 from aipc.errors import UnsupportedDeviceError, UnsupportedPrecisionError
-from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig
+from aipc.options import UPPERCASE
+from aipc.types import BackendInfo, Capabilities, Chunk, Device, GenerationConfig, LoadedModel
 
 from . import __version__, devices
 from .options import HELP, QUANTIZE_OPTIONS
@@ -45,12 +46,13 @@ def aipc_backend_info() -> BackendInfo:
         default_precision="int4",
         capabilities=Capabilities(
             streaming=True, native_stop_strings=True, sampling=True, seed_determinism=True,
-            repetition_penalty=True, exact_precisions=("fp32", "fp16"), prefix_cache=True,
+            repetition_penalty=True, exact_precisions=("fp32", "fp16"), prefix_cache=True, validates_inputs=True,
             constraints=KINDS,  # OpenVINO GenAI's StructuredOutputConfig (XGrammar)
         ),
         priority=20,
         runtime_versions=_runtime_versions(),
         options=dict(HELP),
+        option_pattern=UPPERCASE,  # OpenVINO properties, passed to the runtime
         quantize_options=tuple(QUANTIZE_OPTIONS),
     )
 
@@ -82,16 +84,16 @@ def aipc_quantize(request):
 
 @hookimpl
 def aipc_load(request):
-    from aipc.runtime import LoadedModel
+    from aipc_openvino_common.export import context_of
 
     from .options import runtime_config
-    from .runtime import Pipeline, context_length
+    from .runtime import Pipeline
 
     device = request.device or "CPU"
     _check_target(request.manifest.precision, device)
     config = runtime_config(dict(request.options), device, request.cache_dir, request.manifest.precision)
     pipeline = Pipeline(Path(request.artifact_dir), device, config, request.cache_slots)
-    return LoadedModel(runtime=pipeline, context_length=context_length(request.artifact_dir),
+    return LoadedModel(runtime=pipeline, context_length=context_of(request.artifact_dir, request.manifest.versions),
                        extra={"config": config, "device": device, "cache_slots": len(pipeline.slots.slots)})
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aipc.errors import BackendError, BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError
+from aipc.artifacts import longrope_original
 from aipc.prefix import PrefixCache
 from aipc.types import Chunk, GenerationConfig
 from aipc_openvino_common.genai import (ChatReuse, PipelineText, eos_ids, first_line, generation_config, perf_figures,
@@ -32,18 +33,6 @@ from aipc_openvino_common.genai import (ChatReuse, PipelineText, eos_ids, first_
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
             "openvino_detokenizer.xml", "openvino_detokenizer.bin")
-
-
-def context_length(folder: Path) -> int | None:
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    config = config.get("text_config", config)
-    value = config.get("max_position_embeddings") or config.get("n_positions") or config.get("seq_length")
-    if config.get("model_type") == "phi3" and config.get("original_max_position_embeddings"):
-        value = config["original_max_position_embeddings"]  # as optimum-intel exports Phi-3
-    return int(value) if value else None
 
 
 def check_files(folder: Path) -> None:
@@ -105,9 +94,11 @@ class Pipeline(PipelineText):
         self.eos = eos_ids(self.pipe)  # the model's eos id and every id that ends generation
         # only the stateful (SDPA) pipeline keeps its KV cache in chat mode: the paged-attention
         # adapter (-o ATTENTION_BACKEND=PA) and the NPU pipeline prefill the whole history anyway
-        self.reuse = ChatReuse(self.pipe, enabled=cache_slots > 0 and config.get("ATTENTION_BACKEND") == "SDPA")
+        self.boundary = longrope_original(self.folder)  # a LongRoPE model's original context
+        self.reuse = ChatReuse(self.pipe, enabled=cache_slots > 0 and config.get("ATTENTION_BACKEND") == "SDPA",
+                               boundary=self.boundary)
         # one KV cache per LLMPipeline: a slot is a pipeline, the 2nd.. made when a conversation needs it
-        self.slots = PrefixCache(cache_slots if self.reuse.enabled else 0)
+        self.slots = PrefixCache(cache_slots if self.reuse.enabled else 0, self.boundary)
 
     def choose(self, ids: list[int]) -> tuple[ChatReuse, Any]:
         """The pipeline for a prompt (aipc.prefix's choice: its own conversation's, else a free or
@@ -125,7 +116,7 @@ class Pipeline(PipelineText):
                 reuse = self.reuse
             else:
                 pipe = openvino_genai.LLMPipeline(str(self.folder), self.device, **self.config)
-                reuse = ChatReuse(pipe, enabled=True)
+                reuse = ChatReuse(pipe, enabled=True, boundary=self.boundary)
         slot.state = reuse
         return reuse, slot
 

@@ -2,9 +2,9 @@
 
 from aipc import hookimpl
 from aipc.backends import reference
-from aipc.backends.reference import aipc_generate, aipc_load, aipc_tokenize  # noqa: F401  (hooks reused)
+from aipc.backends.reference import aipc_load, aipc_tokenize  # noqa: F401  (hooks reused)
 
-from . import info
+from . import generate, info
 
 
 @hookimpl
@@ -17,3 +17,8 @@ def aipc_quantize(request):
     if request.precision not in reference.PRECISIONS:
         raise Exception("bad precision")
     return reference.aipc_quantize(request)
+
+
+@hookimpl
+def aipc_generate(model, prompt, config):
+    return generate(model, prompt, config)

@@ -2,9 +2,9 @@
 
 from aipc import hookimpl
 from aipc.backends import reference
-from aipc.backends.reference import aipc_generate, aipc_quantize, aipc_tokenize  # noqa: F401  (hooks reused)
+from aipc.backends.reference import aipc_quantize, aipc_tokenize  # noqa: F401  (hooks reused)
 
-from . import info
+from . import generate, info
 
 
 @hookimpl
@@ -24,3 +24,8 @@ def aipc_load(request):
                 noise = torch.randn(weight.shape, generator=generator).to(weight.dtype)
                 weight.add_(noise * weight.float().std().to(weight.dtype) * 0.5)
     return loaded
+
+
+@hookimpl
+def aipc_generate(model, prompt, config):
+    return generate(model, prompt, config)

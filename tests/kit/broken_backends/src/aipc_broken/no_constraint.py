@@ -1,10 +1,9 @@
 """Claims every constraint kind but generates unconstrained text."""
 
 from aipc import hookimpl
-from aipc.backends import reference
 from aipc.backends.reference import aipc_load, aipc_quantize, aipc_tokenize  # noqa: F401  (hooks reused)
 
-from . import info
+from . import generate, info
 
 
 @hookimpl
@@ -14,4 +13,4 @@ def aipc_backend_info():
 
 @hookimpl
 def aipc_generate(model, prompt, config):
-    return reference.aipc_generate(model, prompt, config.with_(constraint=None))
+    return generate(model, prompt, config.with_(constraint=None))

@@ -2,9 +2,9 @@
 
 from aipc import hookimpl
 from aipc.backends import reference
-from aipc.backends.reference import aipc_generate, aipc_load, aipc_tokenize  # noqa: F401  (hooks reused)
+from aipc.backends.reference import aipc_load, aipc_tokenize  # noqa: F401  (hooks reused)
 
-from . import info
+from . import generate, info
 
 
 @hookimpl
@@ -16,3 +16,8 @@ def aipc_backend_info():
 def aipc_quantize(request):
     reference.aipc_quantize(request)
     return None
+
+
+@hookimpl
+def aipc_generate(model, prompt, config):
+    return generate(model, prompt, config)

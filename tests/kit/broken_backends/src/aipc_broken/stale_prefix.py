@@ -3,10 +3,10 @@ new prompt really shares those tokens (an edited conversation then continues sta
 
 from aipc import hookimpl
 from aipc.backends import reference
-from aipc.backends.reference import aipc_generate, aipc_quantize, aipc_tokenize  # noqa: F401  (hooks reused)
+from aipc.backends.reference import aipc_quantize, aipc_tokenize  # noqa: F401  (hooks reused)
 from aipc.prefix import PrefixCache
 
-from . import info
+from . import generate, info
 
 
 class StalePrefixCache(PrefixCache):
@@ -25,3 +25,8 @@ def aipc_load(request):
     loaded = reference.aipc_load(request)
     loaded.extra["prefix"] = StalePrefixCache(request.cache_slots)
     return loaded
+
+
+@hookimpl
+def aipc_generate(model, prompt, config):
+    return generate(model, prompt, config)
