@@ -148,6 +148,8 @@ def generation_options(function):
         click.option("--seed", type=int, help="Random seed for sampling."),
         click.option("--repetition-penalty", type=float, help="Penalty > 1 discourages repeats."),
         click.option("--stop", multiple=True, help="Stop when this text appears (repeatable)."),
+        click.option("--ignore-eos", is_flag=True, default=None,
+                     help="Never stop at the end token: exactly --max-new-tokens (benchmarks; as llama.cpp's)."),
         click.option("--format", "format_", type=click.Choice(["json"]), help="Answer with a JSON object."),
         click.option("--schema", metavar="FILE|JSON", help="Answer with JSON valid under this JSON Schema."),
         click.option("--regex", metavar="PATTERN", help="Answer with text matching this regular expression."),

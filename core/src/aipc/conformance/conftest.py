@@ -9,6 +9,7 @@ import pytest
 
 from aipc.conformance.support import REFERENCE, ModelPool
 from aipc.plugins import registry
+from aipc.types import PRECISIONS
 
 
 @pytest.fixture(scope="session")
@@ -56,4 +57,5 @@ def present_device(backend_info) -> str:
 def default_model(pool, tiny_phi3, backend_info, present_device):
     """The backend's model of choice for behaviour checks: tiny Phi-3 at its widest precision."""
     device = backend_info.device(present_device)
-    return pool.get(tiny_phi3, backend_info.name, device.precisions[0], present_device)
+    widest = min(device.precisions, key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS))
+    return pool.get(tiny_phi3, backend_info.name, widest, present_device)
