@@ -71,8 +71,10 @@ def aipc_backend_info() -> BackendInfo:
         devices=listed,
         default_precision="int4",
         capabilities=Capabilities(
-            streaming=True, native_stop_strings=False, sampling=True, seed_determinism=True, repetition_penalty=True,
-            validates_inputs=True,
+            streaming=True, native_stop_strings=False, repetition_penalty=True, validates_inputs=True,
+            # library engine: sampling through the library's compiled model does not reproduce its greedy
+            # tokens at top_k=1 (measured: the first token differs), so it is not claimed there (README)
+            sampling=engine != "library", seed_determinism=engine != "library",
             max_prompt_tokens=opts.DEFAULT_MAX_PROMPT_LEN, max_batch_size=1, beam_search=False,
             exact_precisions=exact,
             prefix_cache=engine == "library",  # the library worker keeps DynamicCaches (library_worker.py)
@@ -193,6 +195,14 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
 
         raise BackendError("the model was closed")
     if model.extra.get("engine") == "library":
+        from aipc.errors import InvalidConfigError, PromptTooLongError
+
+        if config.sampling:  # not claimed by this engine (see aipc_backend_info)
+            raise InvalidConfigError("the npu backend's library engine does not sample; leave temperature at 0")
+        tokens = len(model.runtime.tokenize(prompt))
+        if tokens > opts.DEFAULT_MAX_PROMPT_LEN:  # the backend's declared prompt cap, as on the NPU pipeline
+            raise PromptTooLongError(f"the prompt has {tokens} tokens; the npu backend takes at most "
+                                     f"{opts.DEFAULT_MAX_PROMPT_LEN}")
         return model.runtime.generate(prompt, config, model.context_length, model)
     from .genai_engine import generate
 
