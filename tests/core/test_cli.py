@@ -112,7 +112,10 @@ def test_python_m_aipc_and_quantize_json(aipc_cli, tiny_phi3, tmp_path):
 def test_ctrl_c_mid_stream_exits_130_without_traceback(tiny_phi3):
     # --ignore-eos: a random model may end its answer before the signal is handled (exit 0)
     args = [sys.executable, "-m", "aipc", "run", str(tiny_phi3), "Tell me a story.", "-n", "4000", "--ignore-eos"]
-    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`) ignores
+    # it, children inherit that, and Python then installs no KeyboardInterrupt handler
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert run.stdout.read(1), "no streamed output"
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)

@@ -46,7 +46,10 @@ class Server:
             command += ["--api-key", api_key]
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "NO_PROXY": "*", **(env or {})})
+                                        env={**os.environ, "NO_PROXY": "*", **(env or {})},
+                                        # Ctrl-C must work even when the tests run in the background
+                                        # (`cmd &` ignores SIGINT, and children inherit that)
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self._wait_ready()
 
     def _wait_ready(self) -> None:
