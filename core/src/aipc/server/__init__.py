@@ -55,8 +55,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import AipcError, InvalidConfigError
 from . import ollama, openai, responses, schema
-from .schema import route
 from .common import MAX_BODY_BYTES, ApiError, Guard, Hub, Job, ModelSlot, api_error, dialect_of, log, served_models
+from .schema import route
 
 __all__ = ["MAX_BODY_BYTES", "ApiError", "Job", "ModelSlot", "create_app", "serve"]
 

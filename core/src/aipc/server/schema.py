@@ -75,30 +75,22 @@ _WHY = {400: "Malformed JSON, a wrongly typed or invalid field, a refused featur
 _BODY = "x-aipc-body"  # the attribute of an endpoint naming its body model
 
 
-def route(dialect: str, *errors: int, body: type[BaseModel] | None = None, streams: str | None = None,
-          ok: str = "application/json") -> dict[str, Any]:
-    """Keyword arguments for ``app.get/post/...``: the answers (200 as ``ok``, or also ``streams`` —
+def route(dialect: str, *errors: int, body: type[BaseModel] | None = None, streams: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``app.get/post/...``: the answers (200 as JSON, or also ``streams`` —
     ``text/event-stream`` or NDJSON — and each of ``errors`` in ``dialect``'s error shape); 401 and
     413 are always possible (API key, body size)."""
     shape = OllamaError if dialect == "ollama" else OpenAIError
     statuses = sorted({*errors, 401, 413} | ({400} if body else set()))
-    media = {ok: {"schema": {} if ok == "application/json" else {"type": "string"}}}
+    media: dict[str, Any] = {"application/json": {"schema": {}}}
     if streams:
         media[streams] = {"schema": {"type": "string"}}
     responses: dict[int | str, Any] = {200: {"description": "The answer", "content": media}}
     responses.update({status: {"model": shape, "description": _WHY[status]} for status in statuses})
-    return {"responses": responses, "openapi_extra": {_BODY: _name(body)} if body else None,
-            **({"response_class": _media(ok)} if ok != "application/json" else {})}
+    return {"responses": responses, "openapi_extra": {_BODY: _name(body)} if body else None}
 
 
 def _name(model: type[BaseModel]) -> str:
     return f"{model.__module__}.{model.__qualname__}"
-
-
-def _media(media_type: str):
-    from fastapi.responses import Response
-
-    return type("Answer", (Response,), {"media_type": media_type})
 
 
 def install(app: FastAPI, *bodies: type[BaseModel]) -> None:

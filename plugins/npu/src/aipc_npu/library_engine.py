@@ -38,7 +38,7 @@ from typing import Iterator
 from aipc import errors
 from aipc.artifacts import first_line, read_config
 from aipc.plugins import package_versions
-from aipc.errors import (BackendError, BackendUnavailableError, InvalidModelError, PromptTooLongError,
+from aipc.errors import (BackendError, BackendUnavailableError, InvalidConfigError, InvalidModelError, PromptTooLongError,
                          UnsupportedArchitectureError)
 from aipc.streaming import IncrementalDecoder
 from aipc.types import Chunk, GenerationConfig
@@ -226,9 +226,15 @@ class LibraryModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def generate(self, prompt: str, config: GenerationConfig, context_length: int | None, loaded=None) -> Iterator[Chunk]:
-        """Stream the answer; ``loaded`` (the LoadedModel) gets ``cached_tokens`` before the first chunk."""
+    def generate(self, prompt: str, config: GenerationConfig, context_length: int | None, loaded=None,
+                 max_prompt: int | None = None) -> Iterator[Chunk]:
+        """Stream the answer; ``loaded`` (the LoadedModel) gets ``cached_tokens`` before the first chunk.
+        Sampling is refused: not claimed on this engine (see the plugin's backend info)."""
+        if config.sampling:
+            raise InvalidConfigError("the npu backend's library engine does not sample; leave temperature at 0")
         ids = self.tokenize(prompt)
+        if max_prompt and len(ids) > max_prompt:
+            raise PromptTooLongError(f"the prompt has {len(ids)} tokens; the npu backend takes at most {max_prompt}")
         if context_length and len(ids) >= context_length:
             raise PromptTooLongError(f"the prompt has {len(ids)} tokens; the model's context is {context_length}")
         if context_length and len(ids) + config.max_new_tokens > context_length:

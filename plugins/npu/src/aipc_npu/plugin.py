@@ -194,16 +194,8 @@ def aipc_generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chun
         from aipc.errors import BackendError
 
         raise BackendError("the model was closed")
-    if model.extra.get("engine") == "library":
-        from aipc.errors import InvalidConfigError, PromptTooLongError
-
-        if config.sampling:  # not claimed by this engine (see aipc_backend_info)
-            raise InvalidConfigError("the npu backend's library engine does not sample; leave temperature at 0")
-        tokens = len(model.runtime.tokenize(prompt))
-        if tokens > opts.DEFAULT_MAX_PROMPT_LEN:  # the backend's declared prompt cap, as on the NPU pipeline
-            raise PromptTooLongError(f"the prompt has {tokens} tokens; the npu backend takes at most "
-                                     f"{opts.DEFAULT_MAX_PROMPT_LEN}")
-        return model.runtime.generate(prompt, config, model.context_length, model)
+    if model.extra.get("engine") == "library":  # the backend's declared prompt cap, as on the NPU pipeline
+        return model.runtime.generate(prompt, config, model.context_length, model, opts.DEFAULT_MAX_PROMPT_LEN)
     from .genai_engine import generate
 
     return generate(model, prompt, config)

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from aipc.artifacts import copy_side_files
+from aipc.artifacts import copy_side_files, read_config
 from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError, UnsupportedArchitectureError
 from aipc.plugins import package_versions
 
@@ -115,8 +115,6 @@ def _keep_source_context(source_dir: Path, output_dir: Path) -> None:
     """OVModelForCausalLM sets a LongRoPE Phi-3's ``max_position_embeddings`` to its original context
     (for its own generate loop) and saves that; the IR it exported carries both factor sets (its
     rotary picks the long ones past the original context), so the artifact keeps the source's."""
-    from aipc.artifacts import read_config
-
     source, saved = read_config(source_dir), read_config(output_dir)
     if saved and source.get("max_position_embeddings", 0) > saved.get("max_position_embeddings", 0):
         saved["max_position_embeddings"] = source["max_position_embeddings"]
