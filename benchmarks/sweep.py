@@ -4,13 +4,16 @@
         --variant "" --variant ratio=1.0 --variant ratio=1.0,group_size=64
 
 Speed comes from ``aipc bench``'s measurement (aipc.bench.run: exact prompt, forced length,
-interleaved runs, medians). Accuracy is measured on held-out chat prompts, none of which the
-conformance suite or the defaults' tuning used: the greedy answer of each variant against the
-reference backend's (transformers fp32) for the same prompt, as first-token agreement, the mean
-length of the common token prefix, and whether the answer holds the expected fact. Beside it,
-what the conformance suite asks of a quantized model: the first answer token on its 10 prompts
-(with the walkthrough's system prompt, and without one) and "Paris". Run it in the backend's
-tox environment (see benchmarks/README.md).
+interleaved runs, medians), with the quantize time of each variant (blank when its artifact was
+already cached). Accuracy is measured on the two question sets of benchmarks/questions/: tuning
+(what recipes and defaults may be tuned on) and eval (at least 40 questions kept apart from
+everything tuned). Each question is asked greedy, chat-templated with the walkthrough's system
+prompt; an answer is right when it matches the question's pattern. "kept" counts the questions
+the reference backend (transformers fp32) answers right that the variant still answers right.
+Beside it, first answer token agreement and common greedy prefix with the reference, and what the
+conformance suite asks of a quantized model: the first answer token on its 10 prompts (with the
+walkthrough's system prompt, and without one) and "Paris". Run it in the backend's tox
+environment (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -24,24 +27,20 @@ from pathlib import Path
 
 import aipc
 from aipc import bench
+from aipc.conformance.questions import QUESTIONS as TUNING
 from aipc.conformance.support import AGREEMENT_PROMPTS, SYSTEM, run_raw
 from aipc.sources import DEFAULT_MODEL
 
-#: held-out questions and a pattern a right answer contains
-HELD_OUT = (
-    ("What is the capital of Italy?", r"\bRome\b"),
-    ("What is the capital of Japan?", r"\bTokyo\b"),
-    ("How many days are in a week?", r"\b(7|seven)\b"),
-    ("What color is the sky on a clear day?", r"\bblue\b"),
-    ("At what temperature in Celsius does water boil?", r"\b100\b"),
-    ("Who wrote Romeo and Juliet?", r"Shakespeare"),
-    ("What is the opposite of hot?", r"\bcold\b"),
-    ("How many legs does a spider have?", r"\b(8|eight)\b"),
-    ("What do bees make?", r"\bhoney\b"),
-    ("What is the chemical symbol for gold?", r"\bAu\b"),
-    ("What is the freezing point of water in Fahrenheit?", r"\b32\b"),
-    ("Which planet is known as the Red Planet?", r"\bMars\b"),
-)
+def question_set(name: str) -> list[tuple[str, str]]:
+    """The tuning set (the suite's questions, what recipes and defaults may be tuned on) or the
+    evaluation set of benchmarks/questions/eval.json (kept apart: nothing is tuned on it)."""
+    if name == "tuning":
+        return list(TUNING)
+    path = Path(__file__).parent / "questions" / f"{name}.json"
+    return [tuple(q) for q in json.loads(path.read_text(encoding="utf-8"))["questions"]]
+
+
+SETS = {name: question_set(name) for name in ("tuning", "eval")}
 
 
 def greedy_answer(model: aipc.Model, question: str, tokens: int, system: str | None = SYSTEM) -> tuple[list[int], str]:
@@ -54,25 +53,36 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def accuracy(model: aipc.Model, reference: dict[str, tuple[list[int], str]], tokens: int) -> dict[str, float]:
-    first, prefixes, kept, right = 0, [], 0, 0
-    for question, pattern in HELD_OUT:
-        ids, text = greedy_answer(model, question, tokens)
-        ref_ids, ref_text = reference[question]
-        first += bool(ids and ref_ids and ids[0] == ref_ids[0])
-        prefixes.append(common_prefix(ids, ref_ids))
-        correct = bool(re.search(pattern, text, re.IGNORECASE))
-        right += correct
-        kept += correct and bool(re.search(pattern, ref_text, re.IGNORECASE))
+def right(pattern: str, text: str) -> bool:
+    return bool(re.search(pattern, text, re.IGNORECASE))
+
+
+def accuracy(model: aipc.Model, reference: dict, tokens: int) -> dict:
+    """Per question set: how many of the questions the reference answers right this model still
+    answers right (``kept`` of ``reference_right``), its own right answers, first answer token
+    agreement and mean common greedy prefix with the reference; then the suite's own measures."""
+    row: dict = {}
+    for name, questions in SETS.items():
+        first, prefixes, kept, own, base = 0, [], 0, 0, 0
+        for question, pattern in questions:
+            ids, text = greedy_answer(model, question, tokens)
+            ref_ids, ref_text = reference[question]
+            first += bool(ids and ref_ids and ids[0] == ref_ids[0])
+            prefixes.append(common_prefix(ids, ref_ids))
+            own += right(pattern, text)
+            base += right(pattern, ref_text)
+            kept += right(pattern, text) and right(pattern, ref_text)
+        row[name] = {"questions": len(questions), "reference_right": base, "kept": kept,
+                     "kept_share": round(kept / base, 3) if base else None, "right": own,
+                     "first_token_agreement": round(first / len(questions), 3),
+                     "mean_common_prefix": round(statistics.mean(prefixes), 2)}
     # what the conformance suite asks of a quantized model (first answer token on its prompts, Paris)
     suite = sum(greedy_answer(model, q, 1)[0] == reference[q][0][:1] for q in AGREEMENT_PROMPTS)
     bare = sum(greedy_answer(model, q, 1, None)[0] == reference[(q, None)][0] for q in AGREEMENT_PROMPTS)
-    paris = "Paris" in greedy_answer(model, "What is the capital of France?", 16)[1]
-    return {"first_token_agreement": round(first / len(HELD_OUT), 3),
-            "mean_common_prefix": round(statistics.mean(prefixes), 2),
-            "right_answers": right, "reference_right_kept": kept,
-            "suite_first_token": f"{suite}/{len(AGREEMENT_PROMPTS)}", "suite_paris": paris,
-            "no_system_first_token": f"{bare}/{len(AGREEMENT_PROMPTS)}"}
+    row.update(suite_first_token=f"{suite}/{len(AGREEMENT_PROMPTS)}",
+               suite_paris="Paris" in greedy_answer(model, "What is the capital of France?", 16)[1],
+               no_system_first_token=f"{bare}/{len(AGREEMENT_PROMPTS)}")
+    return row
 
 
 def main() -> None:
@@ -85,7 +95,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--answer-tokens", type=int, default=24, help="greedy answer length for accuracy")
+    parser.add_argument("--answer-tokens", type=int, default=48, help="greedy answer length for accuracy")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -99,29 +109,33 @@ def main() -> None:
 
     report = bench.run(args.model, combos, args.prompt_tokens, args.new_tokens, args.runs, 1, None, False, progress)
     reference_model = aipc.load(args.model, backend="transformers", precision="fp32")
-    reference = {q: greedy_answer(reference_model, q, args.answer_tokens)
-                 for q in [q for q, _ in HELD_OUT] + list(AGREEMENT_PROMPTS)}
+    asked = [q for questions in SETS.values() for q, _ in questions]
+    reference = {q: greedy_answer(reference_model, q, args.answer_tokens) for q in asked}
+    reference.update({q: greedy_answer(reference_model, q, args.answer_tokens) for q in AGREEMENT_PROMPTS})
     reference.update({(q, None): greedy_answer(reference_model, q, 1, None) for q in AGREEMENT_PROMPTS})
     reference_model.close()
-    right = sum(bool(re.search(p, reference[q][1], re.IGNORECASE)) for q, p in HELD_OUT)
-    print(f"reference (transformers fp32) answers {right}/{len(HELD_OUT)} held-out questions right")
+    report["reference"] = {}
+    for name, questions in SETS.items():
+        base = sum(right(p, reference[q][1]) for q, p in questions)
+        report["reference"][name] = {"questions": len(questions), "right": base}
+        print(f"reference (transformers fp32) answers {base}/{len(questions)} {name} questions right")
     for combo, row in zip(combos, report["results"]):
         model = aipc.load(args.model, backend=combo.backend, precision=combo.precision, device=combo.device,
                           options=list(combo.options))
         row.update(accuracy(model, reference, args.answer_tokens))
         model.close()
-    report["reference_right_answers"] = right
-    report["held_out"] = [q for q, _ in HELD_OUT]
     width = max(len(",".join(row["options"]) or "(default)") for row in report["results"]) + 2
-    print(f"\n{'variant':<{width}}{'TTFT ms':>9}{'decode tok/s':>14}{'MB':>7}{'first tok':>11}{'prefix':>8}{'right':>7}"
-          f"{'suite':>7}{'Paris':>7}{'bare':>7}")
+    print(f"\n{'variant':<{width}}{'decode tok/s':>13}{'MB':>7}{'quantize s':>11}{'tuning kept':>13}{'eval kept':>11}"
+          f"{'eval 1st tok':>13}{'suite':>7}{'Paris':>7}")
     for row in report["results"]:
         name = ",".join(row["options"]) or "(default)"
-        print(f"{name:<{width}}{row['ttft_ms']:>9}{row['decode_tps']:>14}{row['artifact_mb']:>7}"
-              f"{row['first_token_agreement']:>11}{row['mean_common_prefix']:>8}{row['right_answers']:>4}/{len(HELD_OUT)}"
-              f"{row['suite_first_token']:>7}{'yes' if row['suite_paris'] else 'no':>7}{row['no_system_first_token']:>7}")
-    print(f"{args.threads} thread(s); accuracy against transformers fp32 over {len(HELD_OUT)} held-out prompts, "
-          f"{args.answer_tokens} answer tokens")
+        tune, held = row["tuning"], row["eval"]
+        print(f"{name:<{width}}{row['decode_tps']:>13}{row['artifact_mb']:>7}{row.get('quantize_s') or '-':>11}"
+              f"{tune['kept']:>6}/{tune['reference_right']:<3} {tune['kept_share'] or 0:4.0%}"
+              f"{held['kept']:>4}/{held['reference_right']:<3}{held['kept_share'] or 0:4.0%}"
+              f"{held['first_token_agreement']:>13}{row['suite_first_token']:>7}{'yes' if row['suite_paris'] else 'no':>7}")
+    print(f"{args.threads} thread(s); kept = questions the reference (transformers fp32) answers right that the variant "
+          f"still answers right; greedy, {args.answer_tokens} answer tokens; quantize s blank = artifact was cached")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -55,6 +55,8 @@ def test_the_core_refuses_them_too(tiny):
     ({"block_size": "48"}, "block_size"),
     ({"accuracy_level": "9"}, "accuracy_level"),
     ({"algo_config": "gptq"}, "algo_config"),
+    ({"matmul_mixed_precision": "lm_head:int8"}, "matmul_mixed_precision"),
+    ({"matmul_mixed_precision": "last_matmul:int2"}, "matmul_mixed_precision"),
     ({"no_such_option": "1"}, "no option"),
 ])
 def test_bad_options_are_refused(tiny, tmp_path, options, match):
@@ -67,7 +69,17 @@ def test_quantization_options_need_a_quantized_precision(tiny, tmp_path):
         registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "fp32", "CPU", block_size="64"))
 
 
-def test_options_known_to_break_tied_embeddings_are_refused(tiny, tmp_path):
+def _graph(folder):
+    import onnx
+
+    return onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+
+
+@pytest.mark.parametrize("options", [{"matmul_mixed_precision": "last_matmul:int8"}, {"is_symmetric": "false"}])
+def test_options_that_cannot_share_a_tied_embedding_untie_it(tiny, tmp_path, options):
+    """The builder shares a tied model's quantized LM head with its embedding, and with an int8 LM
+    head or asymmetric weights it reads initializers it never wrote: the model does not load. aipc
+    gives the embedding its own int4 copy instead, and the model loads and answers."""
     tied = tmp_path / "tied"
     tied.mkdir()
     for file in tiny.iterdir():
@@ -77,10 +89,18 @@ def test_options_known_to_break_tied_embeddings_are_refused(tiny, tmp_path):
     (tied / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     out.mkdir()
-    for bad in ({"is_symmetric": "false"}, {"matmul_mixed_precision": "last_matmul:int8"}):
-        request = _request(tied, out, "int4", "CPU", **bad)
-        with pytest.raises(InvalidConfigError, match="tie"):
-            registry().call(BACKEND, "aipc_quantize", request=request)
+    manifest = registry().call(BACKEND, "aipc_quantize", request=_request(tied, out, "int4", "CPU", **options))
+    assert manifest.options["shared_embeddings"] == "false"
+    ops = {n.name: n for n in _graph(out).node}
+    assert ops["/model/embed_tokens/Gather_Q4"].op_type == "GatherBlockQuantized"
+    if "matmul_mixed_precision" in options:
+        assert {a.name: a.i for a in ops["/lm_head/MatMul_Q8"].attribute}["bits"] == 8
+    manifest.write(out)
+    model = aipc.load(str(out), backend=BACKEND, device="CPU", options={"threads": "1"})
+    try:
+        assert model.complete("Hello", max_new_tokens=4) is not None
+    finally:
+        model.close()
 
 
 def test_int4_options_reach_the_builder(tiny):
@@ -110,3 +130,22 @@ def test_the_builder_fix_wires_the_lm_head_to_the_final_norm(artifacts, tiny):
     head = [n for n in graph.node if n.name == "/lm_head/MatMul"]
     assert len(head) == 1
     assert "final_norm" in head[0].input[0], f"the LM head reads {head[0].input[0]}"
+
+
+def test_the_default_recipe_is_recorded_in_the_manifest(artifacts):
+    from aipc_directml.options import DEFAULTS
+
+    recipe = DEFAULTS.get(("int4", "cpu"), {})
+    options = Manifest.read(artifacts("int4")).options
+    assert {k: options.get(k) for k in recipe} == recipe
+
+
+def test_options_override_the_default_recipe_per_target():
+    from aipc_directml.options import DEFAULTS, builder_options
+
+    cpu = builder_options("int4", "CPU", {}, tied_embeddings=False)
+    assert cpu == DEFAULTS.get(("int4", "cpu"), {})
+    assert builder_options("int4", "AUTO", {}, tied_embeddings=False) == DEFAULTS.get(("int4", "dml"), {})
+    plain = builder_options("int4", "CPU", {"matmul_mixed_precision": "none", "accuracy_level": "1"}, tied_embeddings=True)
+    assert "matmul_mixed_precision" not in plain and "shared_embeddings" not in plain
+    assert plain["accuracy_level"] == "1"

@@ -152,3 +152,10 @@ def test_outside_package_is_found_and_certified(tmp_path):
     assert "-m" in data["run"]["arguments"] and data["skips"]
     assert "verdict for outside: NOT CERTIFIED: filtered with -m 'not real_model'" in result.stdout
     assert "aipc conformance" in result.stdout and "PASS  test_backend_describes_itself[outside]" in result.stdout
+
+
+def test_suite_fails_an_int4_that_loses_the_answers(tmp_path):
+    result, outcomes, _ = certify("broken-int4", tmp_path, "-k", "keeps_answers", marks="real_model")
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert failed(outcomes) == {"test_lower_precision_keeps_answers"}, outcomes
+    assert outcomes["test_lower_precision_keeps_answers[broken-int4-fp32-CPU]"][0] == "skipped"  # exact: compared by tokens

@@ -25,7 +25,8 @@ def test_info_declares_the_npu_limits():
         assert device.precisions == ("fp16", "int8", "int4")
         assert device.accelerator == (device.name == "NPU"), "only the real NPU is an accelerator"
         assert device.present or device.reason
-    assert set(info.quantize_options) == {"engine", "group_size", "ratio", "sym", "group_size_fallback"}
+    assert set(info.quantize_options) == {"engine", "group_size", "ratio", "sym", "group_size_fallback", "awq",
+                                          "scale_estimation", "gptq", "lora_correction", "dataset", "num_samples"}
     assert "MAX_PROMPT_LEN" in info.options and "CACHE_DIR" in info.options
 
 
@@ -169,3 +170,17 @@ def test_library_artifact_is_readable_by_transformers_4_47(tiny, tmp_path):
         assert set(figures["rewritten_for_transformers_4.47"]) >= {"config.json"}
     weights = next(tmp_path.glob("*.safetensors"))
     assert weights.stat().st_ino == (tiny / weights.name).stat().st_ino or weights.stat().st_size > 0
+
+
+def test_data_aware_int4_options(tmp_path):
+    """AWQ, scale estimation and GPTQ keep the NPU's form (symmetric, group a multiple of 64);
+    those that need calibration text say so before any export."""
+    folder = _hf_folder(tmp_path, 576, 1536)
+    plan = opts.plan_export("int4", {"gptq": "true", "dataset": "calib.txt", "num_samples": "8"}, folder)
+    assert (plan.sym, plan.group_size, plan.gptq, plan.dataset, plan.num_samples) == (True, 64, True, "calib.txt", 8)
+    assert plan.record()["gptq"] is True and "lora_correction" not in plan.record()
+    with pytest.raises(InvalidConfigError, match="scale_estimation need"):
+        opts.plan_export("int4", {"scale_estimation": "true", "dataset": "none"}, folder)
+    with pytest.raises(InvalidConfigError, match="int4 only"):
+        opts.plan_export("int8", {"dataset": "self"}, folder)
+

@@ -9,7 +9,7 @@ import pytest
 import aipc
 from aipc.errors import InvalidConfigError, PromptTooLongError
 from aipc.types import GenerationConfig
-from npu_support import PROMPTS, agreement, needs_engine, raw
+from npu_support import EMU, PROMPTS, agreement, needs_engine, raw
 
 pytestmark = needs_engine("openvino")
 ENGINE = "openvino"
@@ -123,6 +123,30 @@ def test_closing_the_stream_stops_the_runtime(npu_models):
     stream.close()
     assert model.complete("Hello", max_new_tokens=3, ignore_eos=True) is not None
     assert model.usage.generated_tokens == 3
+
+
+def test_a_longrope_crossing_is_re_encoded():
+    """A LongRoPE answer crossing the original context goes on from the whole sequence prefilled
+    afresh (the long factors at every position): its tokens after the crossing are the pipeline's
+    own answer to the prompt plus the tokens before it, sent as one prompt. Nothing is claimed exact
+    on the NPU, so the conformance suite does not compare them with the reference's (measured on
+    the stand-in at fp16: 16 of 16 agree; 6, the tokens before the crossing, without re-encoding)."""
+    from aipc.testing import LONGROPE_ORIGINAL, prompt_of_length, tiny_phi3_cached
+    from aipc_openvino_common import genai
+
+    model = aipc.load(str(tiny_phi3_cached(0, "phi3-128k")), backend="npu", precision="fp16", device=EMU)
+    try:
+        prompt = prompt_of_length(model, 59)
+        ids = model.tokenize(model.format_prompt(prompt))
+        first = LONGROPE_ORIGINAL + 1 - len(ids)  # tokens generated before the crossing
+        assert 0 < first < TOKENS
+        _, got, _ = raw(model, prompt, max_new_tokens=TOKENS, ignore_eos=True)
+        pipeline = model.loaded.runtime
+        config = genai.generation_config(GenerationConfig(max_new_tokens=TOKENS - first, ignore_eos=True), pipeline.eos)
+        rest = pipeline.pipe.generate(genai.ids_tensor(ids + got[:first]), config).tokens[0]
+        assert got[first:] == [int(t) for t in rest]
+    finally:
+        model.close()
 
 
 def test_engine_mismatch_is_refused(npu_models):

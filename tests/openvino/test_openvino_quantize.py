@@ -45,6 +45,7 @@ def phi3_mini_like(tmp_path) -> Path:
 def test_int4_default_recipe_is_the_walkthroughs(phi3_mini_like):
     plan = plan_quantization("int4", "CPU", {}, phi3_mini_like)
     assert (plan.sym, plan.group_size, plan.ratio) == (True, 128, 0.6)
+    assert (plan.awq, plan.dataset) == (False, None)  # data-aware is opt-in (benchmarks/README.md)
     assert not plan.notes and not plan.adjusted_group_sizes
 
 
@@ -52,7 +53,11 @@ def test_small_models_get_group_64_ratio_08(tiny, smollm2_like):
     for folder in (tiny, smollm2_like):  # hidden 128 and 576
         plan = plan_quantization("int4", "CPU", {}, folder)
         assert (plan.sym, plan.group_size, plan.ratio) == (True, 64, 0.8)
+        assert (plan.awq, plan.scale_estimation, plan.dataset) == (False, False, None)  # data-aware is opt-in
         assert not plan.adjusted_group_sizes and any("small model" in n for n in plan.notes)
+    aware = plan_quantization("int4", "CPU", {"awq": "true", "scale_estimation": "true", "dataset": "self"}, tiny)
+    assert (aware.awq, aware.scale_estimation, aware.dataset, aware.group_size) == (True, True, "self", 64)
+    assert plan_quantization("int4", "CPU", {"dataset": "none"}, tiny).dataset is None
     # each can still be chosen: the other keeps its small-model default
     assert (plan_quantization("int4", "CPU", {"ratio": "0.6"}, tiny).group_size,
             plan_quantization("int4", "CPU", {"group_size": "32"}, tiny).ratio) == (64, 0.8)
@@ -184,3 +189,51 @@ def test_detect_ignores_other_folders(tiny, tmp_path):
     (tmp_path / "openvino_model.xml").write_text("not an IR")
     (tmp_path / "openvino_model.bin").write_bytes(b"")
     assert detect(tmp_path) is None
+
+
+# ---------------------------------------------------------------- data-aware int4: calibration text
+
+
+def test_data_aware_options_are_checked_at_once(tiny):
+    with pytest.raises(InvalidConfigError, match="gptq and lora_correction"):
+        plan_quantization("int4", "CPU", {"gptq": "true", "lora_correction": "true", "dataset": "self"}, tiny)
+    with pytest.raises(InvalidConfigError, match="need"):
+        plan_quantization("int4", "CPU", {"gptq": "true", "dataset": "none"}, tiny)
+    with pytest.raises(InvalidConfigError, match="int4 only"):
+        plan_quantization("int8", "CPU", {"dataset": "self"}, tiny)
+
+
+def test_calibration_file_quantizes_and_is_recorded(tiny, tmp_path):
+    """``-o dataset=FILE``: AWQ + scale estimation + GPTQ on the file's samples, which the
+    manifest records (name, count, digest), so an artifact says what it was calibrated on."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(f"Sample {i}: the quick brown fox jumps over the lazy dog {i} times." for i in range(5)),
+                     encoding="utf-8")
+    folder = aipc.quantize(str(tiny), backend="openvino", precision="int4", device="CPU",
+                           options={"awq": "true", "scale_estimation": "true", "gptq": "true", "dataset": str(calib)})
+    options = Manifest.read(folder).options
+    assert (options["awq"], options["scale_estimation"], options["gptq"]) == (True, True, True)
+    assert options["calibration"]["dataset"] == "calib.txt" and options["calibration"]["samples"] == 5
+    assert len(options["calibration"]["sha256"]) == 16
+    model = aipc.load(str(folder), device="CPU")
+    try:
+        assert model.complete("Hello", max_new_tokens=4) is not None
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}])
+def test_unreachable_hub_dataset_is_a_one_line_error(tiny, tmp_path, monkeypatch, env):
+    from aipc.errors import HubUnavailableError
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    request = _quantize_request(tiny, tmp_path / "out", options={"awq": "true", "dataset": "wikitext2"})
+    with pytest.raises(HubUnavailableError) as raised:
+        registry().call("openvino", "aipc_quantize", request=request)
+    message = str(raised.value)
+    assert "\n" not in message and "wikitext2" in message and "not reachable" in message and "dataset=self" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(InvalidConfigError, match="no file"):
+        registry().call("openvino", "aipc_quantize",
+                        request=_quantize_request(tiny, tmp_path / "out", options={"awq": "true", "dataset": "nosuch"}))

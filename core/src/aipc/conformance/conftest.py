@@ -36,6 +36,22 @@ def pool() -> ModelPool:
 
 
 @pytest.fixture(scope="session")
+def keep_share(request):
+    """The share of the reference's right answers each lower precision must keep: the suite's
+    floor, raised per precision by ``--aipc-keep PRECISION=SHARE``."""
+    from aipc.conformance.test_backend import KEEP_FLOOR
+
+    shares = {}
+    for item in request.config.getoption("aipc_keep", default=[]) or []:
+        precision, _, share = item.partition("=")
+        try:
+            shares[precision.strip()] = float(share)
+        except ValueError:
+            raise pytest.UsageError(f"--aipc-keep wants PRECISION=SHARE (e.g. int4=0.9), got {item!r}") from None
+    return lambda precision: max(KEEP_FLOOR, shares.get(precision, KEEP_FLOOR))
+
+
+@pytest.fixture(scope="session")
 def backend_info(backend_name):
     backend = registry().backends.get(backend_name)
     if backend is None:

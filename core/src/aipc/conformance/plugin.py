@@ -38,6 +38,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--backend", action="append", default=[], metavar="NAME",
                     help="aipc backend(s) to check (repeatable; default: every installed one).")
     group.addoption("--aipc-report", metavar="FILE", help="Write the aipc certification report (JSON) here.")
+    group.addoption("--aipc-keep", action="append", default=[], metavar="PRECISION=SHARE",
+                    help="Raise the share of the reference's right answers a lower precision must keep "
+                         "(default 0.5), e.g. int4=0.9: a project's own bar for its backends. Repeatable.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -203,6 +206,7 @@ def report_data(names: list[str], config: pytest.Config | None = None) -> dict:
     run = {"arguments": list(config.invocation_params.args) if config is not None else [],
            "markexpr": config.getoption("markexpr", default="") if config is not None else "",
            "keyword": config.getoption("keyword", default="") if config is not None else "",
+           "keep": config.getoption("aipc_keep", default=[]) if config is not None else [],
            "filters": filters}
     return {"aipc_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": _machine(), "run": run, "verdict": "certified" if certified else "not certified",

@@ -9,11 +9,13 @@ embeddings, grouped KV heads and padded vocabulary). Three prompt kinds, 16 gree
   reference's tokens. A backend that caps a LongRoPE model at its original context, or that
   exports or runs it with the wrong factors, fails here.
 - crossing (59 tokens, the answer crosses position 64): all 16 tokens come out (none cut to fit
-  the original context) and, at fp32, the tokens generated before the crossing are the
-  reference's. Past the crossing the reference re-encodes the whole sequence with the long factors
-  (the model's intent); the other backends rotate only the new tokens with them (measured on the
-  tiny stand-ins: the 6 tokens before the crossing agree, the rest do not), which the backends'
-  READMEs say.
+  the original context) and, at fp32, they are the reference's. When the sequence crosses the
+  original context every backend re-encodes the whole sequence (prompt and tokens so far) with the
+  long factors, as the model intends, and goes on from there. A backend that keeps its KV cache
+  across and rotates only the new tokens with the long factors agrees only up to the crossing
+  (6 of 16 tokens on the tiny stand-ins) and fails here.
+- a conversation through the crossing with prefix reuse on (where ``prefix_cache`` is claimed, at
+  fp32): the re-encoded state and the reuse boundary together.
 
 Each kind runs on a fresh model load: a kept prefix state of one kind must not leak into another
 (see the suite's prefix-cache tests and :class:`aipc.prefix.PrefixCache`'s ``boundary``).
@@ -25,7 +27,7 @@ import pytest
 
 import aipc
 from aipc.artifacts import eos_token_ids
-from aipc.conformance.support import REFERENCE, run_raw
+from aipc.conformance.support import REFERENCE, run_raw, run_turn
 from aipc.errors import UnsupportedArchitectureError
 from aipc.testing import LONGROPE_ORIGINAL, VARIANTS, prompt_of_length, tiny_phi3_cached
 
@@ -38,11 +40,22 @@ def longrope(request):
     return tiny_phi3_cached(0, request.param)
 
 
-def _answer(folder, backend: str, precision: str, device: str | None, prompt_tokens: int):
+def _load(folder, backend: str, precision: str, device: str | None, cache_slots: int = 0) -> aipc.Model:
     try:
-        model = aipc.load(str(folder), backend=backend, precision=precision, device=device, cache_slots=0)
+        return aipc.load(str(folder), backend=backend, precision=precision, device=device, cache_slots=cache_slots)
     except UnsupportedArchitectureError as error:  # refused before any work, with the reason: allowed
         pytest.skip(f"the backend refuses this architecture: {error}")
+
+
+def _until_an_end(folder, got: list[int], want: list[int]) -> tuple[list[int], list[int]]:
+    """Both cut before the first end token ``got`` has: plugin API 1.0 let ignore_eos pick and pass it."""
+    ends = eos_token_ids(folder)
+    keep = min([NEW] + [i for i, t in enumerate(got) if t in ends])
+    return got[:keep], want[:keep]
+
+
+def _answer(folder, backend: str, precision: str, device: str | None, prompt_tokens: int):
+    model = _load(folder, backend, precision, device)
     try:
         prompt = prompt_of_length(model, prompt_tokens)
         _, ids, count = run_raw(model, prompt, max_new_tokens=NEW, ignore_eos=True)
@@ -59,10 +72,31 @@ def test_longrope_prompts(longrope, backend_name, precision, device, backend_inf
     if precision not in backend_info.capabilities.exact_precisions or precision != "fp32":
         return  # accepted at full length; exact tokens are compared at fp32 (as the rest of the suite does)
     length, want, _ = _answer(longrope, REFERENCE, "fp32", None, KINDS[kind])
-    keep = NEW
-    if kind == "crossing":  # the reference re-encodes at the crossing: compare what comes before it
-        keep = LONGROPE_ORIGINAL + 1 - length
-    ends = eos_token_ids(longrope)  # up to an end token: plugin API 1.0 let ignore_eos pick and pass it
-    keep = min([keep] + [i for i, t in enumerate(got[:keep]) if t in ends])
-    got, want = got[:keep], want[:keep]
+    if kind == "crossing":
+        assert length < LONGROPE_ORIGINAL < length + NEW, f"the crossing prompt has {length} tokens"
+    got, want = _until_an_end(longrope, got, want)
     assert got == want, f"{kind} prompt on {longrope.name}: tokens differ from the reference: {got} vs {want}"
+
+
+def test_a_conversation_through_the_crossing(longrope, backend_name, precision, device, backend_info):
+    """Prefix reuse on, a conversation growing past the original context (prompts of 26 tokens; 55,
+    continuing the first turn's state, whose answer crosses 64; 84; 113, continuing the third's): each
+    turn gives the reference's tokens, so a kept state is never continued across the boundary and a
+    crossing re-encoded on a continued state leaves a consistent one. The answers in the history are
+    a fixed text (a random model's text can hold any character, a NUL too)."""
+    if not backend_info.capabilities.prefix_cache or precision != "fp32" or \
+            precision not in backend_info.capabilities.exact_precisions:
+        pytest.skip("checked where prefix_cache is claimed, at fp32 declared exact")
+    model = _load(longrope, backend_name, precision, device, cache_slots=1)
+    reference = _load(longrope, REFERENCE, "fp32", None)
+    try:
+        messages = [{"role": "user", "content": prompt_of_length(model, 26)}]
+        for turn in range(4):
+            _, got, reused = run_turn(model, messages, max_new_tokens=NEW, ignore_eos=True)
+            got, want = _until_an_end(longrope, got, run_turn(reference, messages, max_new_tokens=NEW, ignore_eos=True)[1])
+            assert got == want, f"turn {turn} ({reused} tokens reused): tokens differ from the reference: {got} vs {want}"
+            messages += [{"role": "assistant", "content": "robots count boats near the quiet sea every morning"},
+                         {"role": "user", "content": "one two three"}]
+    finally:
+        model.close()
+        reference.close()

@@ -57,6 +57,7 @@ class Runtime:
     # whether this onnxruntime-genai was built with guidance (llguidance): checked at the first
     # constrained request, "" when it was, else why not
     guidance_absent: str | None = None
+    original: int | None = None  # a LongRoPE model's original context: re-encoded at the crossing
 
 
 #: a kept generator's max_length: twice what its first prompt needs, at least this, at most the
@@ -67,12 +68,12 @@ KEEP_MIN_LENGTH = 1024
 
 @dataclass
 class _Kept:
-    """A generator kept in a slot: the search options it was made with (fixed for its life),
-    its max_length and whether a stream is running on it."""
+    """A generator kept in a slot: the search options it was made with (fixed for its life; the
+    ``key`` a request must match) and whether a stream is running on it."""
 
     generator: Any
     key: tuple
-    max_length: int
+    options: dict[str, Any]
     busy: bool = False
 
 
@@ -136,10 +137,11 @@ def load(request, device: str):
             raise BackendUnavailableError(f"DirectML cannot run this model here: {message}") from None
         raise InvalidModelError(f"cannot load {folder}: {message}") from None
     runtime = Runtime(model, tokenizer, provider, target, artifact.context_length(config))
+    runtime.original = longrope_original(folder)
     # continuing a generator: CPU provider only (onnxruntime-genai refuses it on DirectML), and a
     # context length to size the kept generators' max_length
     if provider == "cpu" and runtime.context_length and hasattr(og.Generator, "rewind_to"):
-        runtime.slots = PrefixCache(request.cache_slots, longrope_original(folder))
+        runtime.slots = PrefixCache(request.cache_slots, runtime.original)
     runtime.added = _added_tokens(tokenizer)
     runtime.decode = hf_decoder(folder)  # the reference's text for the same ids (see aipc.streaming)
     request.progress(f"Loaded on the {provider.upper()} execution provider (model built for {target})")
@@ -222,12 +224,15 @@ def generate(model, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     options = search_options(config, len(ids), context)
     model.cached_tokens = 0
     guide = guidance(runtime, config.constraint) if config.constraint is not None else None
+    # a LongRoPE generation that crosses the original context is re-encoded there (see _tokens),
+    # except under a constraint: a new generator would start the grammar again
+    crossing = runtime.original + 1 - len(ids) if runtime.original and guide is None else 0
     # a constrained request: a generator of its own (guidance is fixed in a generator's params)
     key = _reuse_key(options) if runtime.slots.enabled and guide is None else None
     if key is None:  # a generator for this prompt alone, sized to it
         generator = _generator(runtime, options, guide)
-        return _stream(_decoder(runtime), generator, ids, config.max_new_tokens)
-    return _stream_kept(model, runtime, options, key, ids, config.max_new_tokens)
+        return _stream(runtime, generator, options, ids, config.max_new_tokens, crossing)
+    return _stream_kept(model, runtime, options, key, ids, config.max_new_tokens, crossing)
 
 
 #: aipc constraint kind -> onnxruntime-genai guidance type
@@ -347,20 +352,35 @@ def _decoder(runtime: Runtime):
     return _StreamDecoder(runtime.tokenizer.create_stream())
 
 
-def _stream(decoder, generator, ids: list[int], max_new_tokens: int) -> Iterator[Chunk]:
+def _stream(runtime: Runtime, generator, options: dict[str, Any], ids: list[int], max_new_tokens: int,
+            crossing: int) -> Iterator[Chunk]:
     """One Chunk per generated token from a generator made for this prompt. Work happens only
     while the consumer pulls, so closing the iterator early (stop string, Ctrl-C) stops the
     runtime at once."""
     try:
         generator.append_tokens(ids)  # the prompt: processed with the first token (prefill)
-        yield from _tokens(generator, decoder, max_new_tokens)
+        yield from _tokens(generator, _decoder(runtime), max_new_tokens, crossing,
+                           lambda old: _reencoded(runtime, old, options))
     finally:
         del generator
 
 
-def _tokens(generator, decoder, max_new_tokens: int) -> Iterator[Chunk]:
+def _reencoded(runtime: Runtime, generator, options: dict[str, Any]):
+    """A new generator (``options``) holding ``generator``'s whole sequence, prefilled afresh."""
+    fresh = _generator(runtime, options)
+    fresh.append_tokens(generator.get_sequence(0))
+    return fresh
+
+
+def _tokens(generator, decoder, max_new_tokens: int, crossing: int = 0, renew=None) -> Iterator[Chunk]:
+    """``crossing``: the tokens a LongRoPE model generates before its sequence crosses the original
+    context; there ``renew(generator)`` gives a generator holding the whole sequence in a new KV
+    state, so every position is rotated with the long factors, as the model intends and the
+    reference backend does (a generator left alone keeps the short-factor entries)."""
     produced = 0
     while produced < max_new_tokens and not generator.is_done():
+        if produced and produced == crossing:
+            generator = renew(generator)
         generator.generate_next_token()
         token = int(generator.get_next_tokens()[0])
         produced += 1
@@ -371,33 +391,38 @@ def _tokens(generator, decoder, max_new_tokens: int) -> Iterator[Chunk]:
 
 
 def _stream_kept(model, runtime: Runtime, options: dict[str, Any], key: tuple, ids: list[int],
-                 max_new_tokens: int) -> Iterator[Chunk]:
+                 max_new_tokens: int, crossing: int) -> Iterator[Chunk]:
     """As ``_stream``, on the generator of the slot sharing the longest prefix with ``ids``: it is
     rewound to the common prefix and only the rest is appended. A kept generator's max_length
     is generator-wide (``KEEP_MIN_LENGTH``); ``max_new_tokens`` is counted here, the context
     limit was checked on the whole prompt.
     Afterwards the slot records exactly the ids the generator's KV state holds: its sequence
-    minus the last sampled token, which has not been fed to the model yet."""
+    minus the last sampled token, which has not been fed to the model yet (after a re-encoded
+    crossing the slot's prompt is on the other side of the boundary: it is not reused)."""
     slot, reuse = runtime.slots.take(ids)
     kept, needed = slot.state, options["max_length"]
-    if kept is None or kept.busy or kept.key != key or needed > kept.max_length:
+    if kept is None or kept.busy or kept.key != key or needed > kept.options["max_length"]:
         # nothing shared, a stream still running on it, other settings, or outgrown: a new generator
         reuse = 0
         length = min(runtime.context_length, max(2 * needed, KEEP_MIN_LENGTH))
         sized = {**options, "max_length": length, "min_length": length if options["min_length"] else 0}
-        kept = _Kept(_generator(runtime, sized), key, length)
+        kept = _Kept(_generator(runtime, sized), key, sized)
         if slot.state is None or not slot.state.busy:
             slot.hold(kept, [])
         else:  # the slot's generator is streaming elsewhere: leave it to that stream
             slot = Slot()
     model.cached_tokens = reuse
     kept.busy, produced, held = True, 0, None
-    generator = kept.generator
+
+    def renew(old):  # the re-encoded generator is the one kept
+        kept.generator = _reencoded(runtime, old, kept.options)
+        return kept.generator
+
     try:
         if reuse:
-            generator.rewind_to(reuse)
-        generator.append_tokens(ids[reuse:])
-        for chunk in _tokens(generator, _decoder(runtime), max_new_tokens):
+            kept.generator.rewind_to(reuse)
+        kept.generator.append_tokens(ids[reuse:])
+        for chunk in _tokens(kept.generator, _decoder(runtime), max_new_tokens, crossing, renew):
             produced += chunk.tokens
             yield chunk
         held = True
@@ -408,7 +433,7 @@ def _stream_kept(model, runtime: Runtime, options: dict[str, Any], key: tuple, i
         kept.busy = False
         if slot.state is kept:
             if held:
-                sequence = generator.get_sequence(0)
+                sequence = kept.generator.get_sequence(0)
                 slot.hold(kept, sequence[: len(sequence) - (1 if produced else 0)])
             else:  # an error inside the runtime: what the state holds is unknown
                 slot.clear()

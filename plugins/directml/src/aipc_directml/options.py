@@ -6,7 +6,7 @@ from __future__ import annotations
 from aipc.errors import InvalidConfigError
 from aipc.options import check_options as _check
 
-from .devices import NAME
+from .devices import NAME, TARGETS, device_name
 
 #: -o options that change the artifact (the core keys its cache on them), with their help.
 QUANTIZE_OPTIONS = {
@@ -14,11 +14,26 @@ QUANTIZE_OPTIONS = {
     "accuracy_level": "int4/int8: minimum MatMul compute precision, 1=fp32 2=fp16 3=bf16 4=int8 "
     "(builder default: 4 on CPU, 0 on DML)",
     "algo_config": "int4/int8: rounding method, default/rtn/k_quant",
-    "is_symmetric": "int4/int8: true (default) or false; false breaks models with tied embeddings",
-    "matmul_mixed_precision": "int4: e.g. last_matmul:int8; breaks models with tied embeddings",
+    "is_symmetric": "int4/int8: true (default) or false (a tied embedding then gets its own int4 copy)",
+    "matmul_mixed_precision": "int4: int8 for some MatMuls, e.g. last_matmul:int8 (the LM head), "
+    "last_matmul:int8,mixed_layers:int8; none = all int4 (a tied embedding gets its own int4 copy)",
 }
 RUN_OPTIONS = {"threads": "ONNX Runtime intra-op threads (default: the runtime's; env AIPC_NUM_THREADS)"}
 _BLOCK_SIZES = ("16", "32", "64", "128", "256")
+_SELECTORS = ("last_matmul", "mixed_layers")
+#: Options that make a tied embedding unshareable: the builder then names the LM head's quantized
+#: weights one way and reads them for the embedding (GatherBlockQuantized) another, and the model is
+#: broken (SmolLM2, onnxruntime-genai 0.18.0). Such a model gets an own int4 copy of its embedding
+#: instead (+ about 17 MB on SmolLM2-135M): checked to answer right with each of them.
+_UNTIED = {"shared_embeddings": "false", "op_types_to_quantize": "MatMul/Gather"}
+
+#: The recipe each (precision, builder target) gets unless ``-o`` says otherwise; the manifest records
+#: it. Empty = the builder's own (int4: block 32, symmetric RTN, accuracy_level 4 on cpu / 0 on dml,
+#: LM head shared with the embedding, int4). To be filled from benchmarks/results/sweep-directml-*.json
+#: (issue 16); the dml target stays the builder's until measured on DirectML.
+DEFAULTS: dict[tuple[str, str], dict[str, str]] = {}
+#: Part of the artifact's cache key (plugin.py): artifacts built with earlier defaults are rebuilt.
+RECIPE = "2"
 
 
 def check_options(options: dict[str, str]) -> None:
@@ -27,11 +42,12 @@ def check_options(options: dict[str, str]) -> None:
 
 
 def builder_options(precision: str, device: str, options: dict[str, str], tied_embeddings: bool) -> dict[str, str]:
-    """The builder's ``--extra_options`` for the user's ``-o`` options, validated."""
+    """The builder's ``--extra_options`` for the user's ``-o`` options over this target's defaults, validated."""
     check_options(options)
     chosen = {k: v.strip() for k, v in options.items() if k in QUANTIZE_OPTIONS}
     if chosen and precision not in ("int4", "int8"):
         raise InvalidConfigError(f"option(s) {', '.join(sorted(chosen))} apply to int4/int8 only, not {precision}")
+    chosen = {**DEFAULTS.get((precision, TARGETS[device_name(device)]), {}), **chosen}
     if "block_size" in chosen and chosen["block_size"] not in _BLOCK_SIZES:
         raise InvalidConfigError(f"block_size must be one of {', '.join(_BLOCK_SIZES)}, got {chosen['block_size']!r}")
     if "accuracy_level" in chosen and chosen["accuracy_level"] not in ("0", "1", "2", "3", "4"):
@@ -43,11 +59,17 @@ def builder_options(precision: str, device: str, options: dict[str, str], tied_e
         if value not in ("true", "false", "1", "0"):
             raise InvalidConfigError(f"is_symmetric must be true or false, got {chosen['is_symmetric']!r}")
         chosen["is_symmetric"] = "false" if value in ("false", "0") else "true"
-    if "matmul_mixed_precision" in chosen and precision != "int4":
-        raise InvalidConfigError("matmul_mixed_precision applies to int4 only")
-    if tied_embeddings and (chosen.get("is_symmetric") == "false" or "matmul_mixed_precision" in chosen):
-        raise InvalidConfigError(
-            "this model ties its input and output embeddings: the builder's is_symmetric=false and "
-            "matmul_mixed_precision produce a broken model for it (measured on SmolLM2); leave them out"
-        )
+    if "matmul_mixed_precision" in chosen:
+        mixed = chosen["matmul_mixed_precision"].replace(" ", "")
+        if precision != "int4":
+            raise InvalidConfigError("matmul_mixed_precision applies to int4 only")
+        pairs = [] if mixed == "none" else [pair.partition(":") for pair in mixed.split(",")]
+        if any(k not in _SELECTORS or v not in ("int4", "int8") or not sep for k, sep, v in pairs):
+            raise InvalidConfigError(f"matmul_mixed_precision must be none or SELECTOR:int4|int8[,...] with SELECTOR "
+                                     f"{' or '.join(_SELECTORS)}, got {chosen['matmul_mixed_precision']!r}")
+        chosen["matmul_mixed_precision"] = mixed
+        if mixed == "none":
+            del chosen["matmul_mixed_precision"]
+    if tied_embeddings and ("matmul_mixed_precision" in chosen or chosen.get("is_symmetric") == "false"):
+        chosen.update(_UNTIED)
     return chosen

@@ -26,7 +26,7 @@ from aipc.types import BackendInfo, Capabilities, Chunk, GenerationConfig
 
 from . import __version__
 from .devices import DEVICE_PRECISIONS, NAME, TARGETS, device_name, describe_devices, runtime_versions
-from .options import QUANTIZE_OPTIONS, RUN_OPTIONS, builder_options, check_options  # noqa: F401 - builder_options: its old home
+from .options import QUANTIZE_OPTIONS, RECIPE, RUN_OPTIONS, builder_options, check_options  # noqa: F401 - builder_options: its old home
 
 
 @hookimpl
@@ -55,6 +55,7 @@ def aipc_backend_info() -> BackendInfo:
         runtime_versions=runtime_versions(),
         options={**QUANTIZE_OPTIONS, **RUN_OPTIONS},
         quantize_options=tuple(QUANTIZE_OPTIONS),
+        artifact_variant=f"recipe-{RECIPE}",  # new defaults, new artifacts (options.DEFAULTS)
     )
 
 

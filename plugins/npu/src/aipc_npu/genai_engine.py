@@ -43,6 +43,7 @@ from aipc.errors import (
     InvalidModelError,
     PromptTooLongError,
 )
+from aipc.artifacts import longrope_original
 from aipc.types import Chunk, GenerationConfig, Manifest
 from aipc_openvino_common import genai
 from aipc_openvino_common.export import context_of
@@ -128,6 +129,16 @@ class NpuPipeline(genai.PipelineText):
             raise InvalidModelError(f"cannot load {self.folder} on {runtime_device}: {message}") from None
         self.use_tokenizer(self.pipe, self.folder)
         self.eos = genai.eos_ids(self.pipe)
+        self.original = longrope_original(self.folder)  # a LongRoPE model's original context
+
+    def reencodes(self, config: GenerationConfig) -> int | None:
+        """The original context of a LongRoPE model whose crossing this pipeline re-encodes
+        (:func:`aipc_openvino_common.genai.crossing_runs`), else None: not under a constraint (a new
+        run would start the grammar again), nor when the whole sequence at the crossing is longer than
+        the prompts the NPU pipeline was compiled for (it then keeps its KV cache across)."""
+        if config.constraint is not None or not self.original:
+            return None
+        return self.original if self.max_prompt is None or self.original < self.max_prompt else None
 
     @property
     def context_length(self) -> int | None:
@@ -173,8 +184,8 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise InvalidConfigError("no prompt given")
-    inputs = pipeline.encode(prompts[0])
-    prompt_tokens = int(inputs.input_ids.get_shape()[-1])
+    ids = pipeline.tokenize(prompts[0])
+    prompt_tokens = len(ids)
     pipeline.check(prompt_tokens, batch=len(prompts), num_beams=num_beams)
     limit = loaded.context_length
     if limit and prompt_tokens >= limit:
@@ -182,10 +193,17 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
     max_new = config.max_new_tokens
     if limit:
         max_new = min(max_new, limit - prompt_tokens)
-    # Stop strings are left to the core (capabilities.native_stop_strings False): measured on the
-    # NPU pipeline, its own stop-string check ends the stream before the text that holds the stop
-    # string has been streamed when the output has incomplete UTF-8 sequences.
-    gen_config = genai.generation_config(config, pipeline.eos, max_new, native_stop_strings=False)
+
+    def run(streamer):
+        def once(prompt_ids: list[int], new_tokens: int):
+            # Stop strings are left to the core (capabilities.native_stop_strings False): measured on
+            # the NPU pipeline, its own stop-string check ends the stream before the text that holds
+            # the stop string has been streamed when the output has incomplete UTF-8 sequences.
+            gen_config = genai.generation_config(config, pipeline.eos, new_tokens, native_stop_strings=False)
+            return pipeline.pipe.generate(genai.ids_tensor(prompt_ids), gen_config, streamer)
+
+        return genai.crossing_runs(once, ids, max_new, pipeline.reencodes(config), streamer,
+                                   genai.ending_ids(config, pipeline.eos))
 
     def done(result) -> None:
         pipeline.perf = {**genai.perf_figures(result), "device": pipeline.device}
@@ -193,8 +211,7 @@ def generate(loaded, prompt: str | Sequence[str], config: GenerationConfig, num_
             pipeline.perf["note"] = NOT_NPU_PERFORMANCE
         loaded.extra["perf"] = pipeline.perf
 
-    return genai.stream(lambda streamer: pipeline.pipe.generate(inputs, gen_config, streamer),
-                        pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error,
+    return genai.stream(run, pipeline.stream_decode, lock=pipeline.lock, on_done=done, map_error=_map_error,
                         constraint=config.constraint)
 
 

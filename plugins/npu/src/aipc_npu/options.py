@@ -17,6 +17,7 @@ from typing import Any
 
 from aipc.errors import InvalidConfigError
 from aipc.types import option_bool, option_int
+from aipc_openvino_common.export import ALGORITHMS, DataAware, data_aware_options
 
 from .devices import ENGINE_ENV, ENGINES
 
@@ -30,7 +31,17 @@ QUANTIZE_OPTIONS = {
                             "(SmolLM2's 576 with 128): adjust (default: the whole model takes the largest "
                             "multiple of 64 that divides every layer, 64 for SmolLM2, else channel-wise), "
                             "channelwise, or error"),
+    "awq": "openvino engine, int4: activation-aware weight quantization (data-aware with a dataset; default false)",
+    "scale_estimation": "openvino engine, int4: scale estimation (needs dataset; default false)",
+    "gptq": "openvino engine, int4: GPTQ (needs dataset; default false)",
+    "lora_correction": "openvino engine, int4: LoRA correction (needs dataset; slow; default false)",
+    "dataset": "openvino engine, int4: calibration text: self (the source model's own answers, generated once and "
+               "cached), a text file or .jsonl, a hub name (wikitext2; needs the hub), or none",
+    "num_samples": "openvino engine, int4: calibration samples (default 32 for self; all of a file)",
 }
+#: int4-only options of the openvino engine (the library engine has none of them).
+INT4_OPTIONS = ("group_size", "ratio", "group_size_fallback", "awq", "scale_estimation", "gptq", "lora_correction",
+                "dataset", "num_samples")
 
 #: Options read when loading (not part of the cache key).
 RUNTIME_OPTIONS = {
@@ -81,7 +92,7 @@ def engine(options: dict[str, str]) -> str:
 
 
 @dataclass
-class ExportPlan:
+class ExportPlan(DataAware):
     """How the openvino engine compresses weights: what the export runs and the manifest records."""
 
     weight_format: str  # fp16 | int8 | int4
@@ -93,8 +104,17 @@ class ExportPlan:
 
     def record(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None and k != "notes"}
+        for key in ALGORITHMS:
+            if not data[key]:
+                del data[key]
         data["engine"] = "openvino"
         return data
+
+    def int4_config(self) -> dict[str, Any]:
+        """The NNCF settings besides bits, sym and the calibration text; the group size divides
+        every layer (plan_export), so NNCF needs no fallback."""
+        return dict(group_size=self.group_size, ratio=self.ratio, awq=self.awq, scale_estimation=self.scale_estimation,
+                    gptq=self.gptq, lora_correction=self.lora_correction, num_samples=self.num_samples)
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -136,7 +156,7 @@ def input_sizes(folder: Path) -> set[int]:
 def plan_export(precision: str, options: dict[str, str], source_dir: Path) -> ExportPlan:
     if precision not in ("fp16", "int8", "int4"):
         raise InvalidConfigError(f"no export recipe for {precision}")
-    int4_keys = [k for k in ("group_size", "ratio", "group_size_fallback") if k in options]
+    int4_keys = [k for k in INT4_OPTIONS if k in options]
     if precision != "int4" and int4_keys:
         raise InvalidConfigError(f"option(s) {', '.join(int4_keys)} apply to int4 only")
     if precision == "fp16":
@@ -183,6 +203,7 @@ def plan_export(precision: str, options: dict[str, str], source_dir: Path) -> Ex
             plan.notes.append(f"group size {plan.group_size} does not divide the layer input size(s) {misfits}: "
                               f"the whole model uses {what}")
             plan.group_size = chosen
+    data_aware_options(plan, options)
     return plan
 
 

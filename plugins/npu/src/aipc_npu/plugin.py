@@ -11,6 +11,7 @@ manifest.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -111,8 +112,8 @@ def aipc_quantize(request):
     if engine == "library":
         from . import library_engine
 
-        if any(k in options for k in ("group_size", "ratio", "sym", "group_size_fallback")):
-            raise InvalidConfigError("group_size / ratio / sym / group_size_fallback apply to the openvino engine only")
+        if any(k in options for k in (*opts.INT4_OPTIONS, "sym")):
+            raise InvalidConfigError(f"{' / '.join((*opts.INT4_OPTIONS, 'sym'))} apply to the openvino engine only")
         figures = library_engine.write_artifact(request.source_dir, request.output_dir)
         params = opts.count_parameters(Path(request.source_dir))
         if request.precision == "int4" and params and params < 1_000_000_000:
@@ -131,19 +132,23 @@ def aipc_quantize(request):
         request.progress(f"warning: {note}")
     from aipc_openvino_common import export
 
+    started = time.perf_counter()
+    data = None
+    if plan.dataset and plan.weight_format == "int4":
+        data = export.calibration(plan.dataset, Path(request.source_dir), plan.num_samples, request.trust_remote_code,
+                                  request.progress)
+
     def weight_config():
-        from optimum.intel import OVWeightQuantizationConfig
+        return export.weight_config(plan.weight_format, bool(plan.sym), data, Path(request.source_dir),
+                                    **plan.int4_config())
 
-        if plan.weight_format == "int8":
-            return OVWeightQuantizationConfig(bits=8, sym=bool(plan.sym))
-        # the plan's group size divides every layer (options.plan_export), so NNCF needs no fallback
-        return OVWeightQuantizationConfig(bits=4, sym=bool(plan.sym), group_size=plan.group_size, ratio=plan.ratio)
-
-    figures = export.export(request.source_dir, request.output_dir, plan.weight_format, weight_config,
-                            trust_remote_code=request.trust_remote_code, progress=request.progress,
-                            recipe="NPU recipe", import_hint=": pip install 'aipc-npu[export]'")
+    export.export(request.source_dir, request.output_dir, plan.weight_format, weight_config,
+                  trust_remote_code=request.trust_remote_code, progress=request.progress,
+                  recipe="NPU recipe", import_hint=": pip install 'aipc-npu[export]'")
     record = plan.record()
-    record["quantize_seconds"] = figures["total_s"]
+    if data is not None:
+        record["calibration"] = data.record
+    record["quantize_seconds"] = round(time.perf_counter() - started, 1)
     return request.manifest(options=record, versions=export.runtime_versions())
 
 

@@ -20,12 +20,15 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from aipc.artifacts import copy_side_files, read_config
-from aipc.errors import BackendUnavailableError, InvalidConfigError, InvalidModelError, UnsupportedArchitectureError
+from aipc.errors import (BackendUnavailableError, HubUnavailableError, InvalidConfigError, InvalidModelError,
+                         UnsupportedArchitectureError)
 from aipc.plugins import package_versions
+from aipc.types import option_bool, option_int
 
 from .genai import first_line
 
@@ -36,6 +39,102 @@ RUNTIMES = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel"
 
 def runtime_versions(names=RUNTIMES) -> dict[str, str]:
     return package_versions(*names)
+
+
+#: The hub datasets optimum-intel's causal-LM calibration loads by name (anything else it refuses
+#: after the export, minutes in).
+HUB_DATASETS = ("wikitext2", "c4", "c4-new", "gsm8k")
+#: Data-aware int4 options: each needs calibration text (``-o dataset=``); AWQ runs data-free without.
+DATA_AWARE = ("scale_estimation", "gptq", "lora_correction")
+ALGORITHMS = ("awq", *DATA_AWARE)
+
+
+@dataclass(kw_only=True)
+class DataAware:
+    """The data-aware int4 settings of both backends' plans (:func:`data_aware_options` fills them)."""
+
+    awq: bool = False
+    scale_estimation: bool = False
+    gptq: bool = False
+    lora_correction: bool = False
+    dataset: str | None = None
+    num_samples: int | None = None
+
+
+def data_aware_options(plan, given: dict[str, str]) -> None:
+    """awq, scale_estimation, gptq, lora_correction, dataset and num_samples onto ``plan`` (the
+    openvino and npu backends' int4 plans): given values win over the plan's defaults;
+    ``dataset=none`` is data-free; the algorithms that need data say so at once."""
+    for key in ALGORITHMS:
+        if key in given:
+            setattr(plan, key, option_bool(key, given[key]))
+    if "dataset" in given:
+        value = given["dataset"].strip()
+        plan.dataset = None if value.lower() in ("", "none") else value
+    if "num_samples" in given:
+        plan.num_samples = option_int("num_samples", given["num_samples"])
+        if plan.num_samples < 1:
+            raise InvalidConfigError("num_samples must be >= 1")
+    needing = [key for key in DATA_AWARE if getattr(plan, key)]
+    if needing and not plan.dataset:
+        raise InvalidConfigError(f"{' and '.join(needing)} need(s) calibration data: add -o dataset=self (the model's "
+                                 "own text), a text file, or a hub name")
+    if plan.gptq and plan.lora_correction:
+        raise InvalidConfigError("gptq and lora_correction cannot be combined (NNCF applies one or the other)")
+    if plan.num_samples and not plan.dataset:
+        raise InvalidConfigError("num_samples needs -o dataset=...")
+
+
+def calibration(spec: str, source_dir: Path, samples: int | None, trust_remote_code: bool, progress):
+    """``-o dataset=SPEC`` resolved (aipc.calibration: self, a file, or a hub name) before the export,
+    so a hub dataset that cannot be had fails at once in one line, not inside NNCF minutes later."""
+    from aipc import calibration as calib
+
+    resolved = calib.resolve(spec, source_dir, samples, trust_remote_code=trust_remote_code, progress=progress)
+    if resolved.texts is None:
+        if resolved.name not in HUB_DATASETS:
+            raise InvalidConfigError(f"dataset {resolved.name!r} is no file, and not a dataset optimum-intel loads by "
+                                     f"name ({', '.join(HUB_DATASETS)}); use -o dataset=self or a text file")
+        reason = _hub_unreachable()
+        if reason:
+            raise HubUnavailableError(f"dataset {resolved.name} needs the Hugging Face hub, which is not reachable: "
+                                      f"{reason}; use -o dataset=self or a file")
+    return resolved
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub (``HF_ENDPOINT``) cannot be reached, or None; a 5 s probe."""
+    import urllib.error
+    import urllib.request
+
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag} is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/datasets?limit=1", timeout=5).close()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return f"{endpoint}: {first_line(getattr(error, 'reason', None) or error)}"
+    return None
+
+
+def weight_config(weight_format: str, sym: bool, calibration=None, source_dir: Path | None = None, **int4: Any):
+    """optimum-intel's ``OVWeightQuantizationConfig`` for int8 (per-channel) or int4 (``int4``:
+    group_size, ratio, awq, scale_estimation, gptq, lora_correction, ...; None / False left out),
+    with the resolved calibration text (a list of strings, or a hub name) and the source tokenizer."""
+    from optimum.intel import OVWeightQuantizationConfig
+
+    if weight_format == "int8":
+        return OVWeightQuantizationConfig(bits=8, sym=sym)
+    kwargs: dict[str, Any] = {k: v for k, v in int4.items() if v not in (None, False)}
+    if kwargs.pop("awq", False):
+        kwargs["quant_method"] = "awq"
+    if calibration is not None:
+        kwargs["dataset"] = calibration.texts if calibration.texts is not None else calibration.name
+        kwargs["tokenizer"] = str(source_dir)
+        if calibration.texts is not None:
+            kwargs["num_samples"] = len(calibration.texts)
+    return OVWeightQuantizationConfig(bits=4, sym=sym, **kwargs)
 
 
 def _quiet() -> None:

@@ -70,6 +70,12 @@ def eos_ids(pipe) -> tuple[int | None, set[int]]:
     return eos, ids
 
 
+def ending_ids(config: GenerationConfig, eos: tuple[int | None, set[int]]) -> set[int]:
+    """The ids that end an answer (``eos``: :func:`eos_ids`): none under ``ignore_eos``, which does not
+    apply under a constraint (the run ends with the grammar, on a stop id)."""
+    return set() if config.ignore_eos and config.constraint is None else eos[1]
+
+
 def generation_config(config: GenerationConfig, eos: tuple[int | None, set[int]], max_new_tokens: int | None = None,
                       native_stop_strings: bool = True):
     """``eos`` is what :func:`eos_ids` returns for the pipeline. With ``native_stop_strings``
@@ -199,9 +205,10 @@ def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, loc
            on_done: Callable[[Any], None] | None = None, map_error: Callable[[BaseException], BaseException] | None = None,
            on_end: Callable[[Any, bool], None] | None = None,
            last: Callable[[int, int], bool] | None = None, constraint=None) -> Iterator[Chunk]:
-    """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``) in the core's
-    threaded_stream; the streamer returns CANCEL once the consumer has closed the stream.
-    ``on_done(result)`` gets the result (perf metrics); ``map_error`` turns the runtime's errors
+    """Call ``run(streamer)`` (a ``pipe.generate(inputs, config, streamer)``, or two: see
+    :func:`crossing_runs`) in the core's threaded_stream; the streamer returns CANCEL (and its
+    ``cancelled`` is True) once the consumer has closed the stream. ``on_done(result)`` gets the
+    (last) result (perf metrics); ``map_error`` turns the runtime's errors
     into aipc errors. ``on_end(result, cancelled)`` runs still holding ``lock`` however ``run``
     ended (``result`` None when it raised; ``cancelled`` True once the streamer said CANCEL): where
     a backend records what state the pipeline kept. ``last(token, count)`` True: that token is the
@@ -211,30 +218,30 @@ def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, loc
     import openvino_genai
 
     def work(emit) -> None:
-        cancelled: list[bool] = []
         count = [0]
 
         class Streamer(openvino_genai.StreamerBase):
+            cancelled = False  # the streamer said CANCEL (the consumer has gone, or ``last``)
+
             def write(self, token):
                 tokens = [token] if isinstance(token, int) else list(token)
                 going = emit(tokens)
                 count[0] += len(tokens)
                 if going and last is not None and tokens and last(int(tokens[-1]), count[0]):
                     going = False
-                if not going:
-                    cancelled.append(True)
+                self.cancelled = self.cancelled or not going
                 return openvino_genai.StreamingStatus.RUNNING if going else openvino_genai.StreamingStatus.CANCEL
 
             def end(self):
                 pass
 
         with lock if lock is not None else contextlib.nullcontext():
-            result = None
+            result, streamer = None, Streamer()
             try:
-                result = run(Streamer())
+                result = run(streamer)
             finally:
                 if on_end is not None:
-                    on_end(result, bool(cancelled))
+                    on_end(result, streamer.cancelled)
         if on_done is not None:
             on_done(result)
 
@@ -249,6 +256,25 @@ def stream(run: Callable[[Any], Any], decode: Callable[[list[int]], str], *, loc
         return error
 
     return threaded_stream(work, decode, translate)
+
+
+def crossing_runs(generate: Callable[[list[int], int], Any], ids: list[int], max_new: int, original: int | None,
+                  streamer, stops: set[int]):
+    """``generate(prompt_ids, max_new_tokens)``: one LLMPipeline run with ``streamer``, its result
+    returned. A LongRoPE model (``original``: its original context, :func:`aipc.artifacts.longrope_original`)
+    whose generation crosses that context runs up to the crossing, then again from the whole sequence
+    as a new prompt with a new KV state, so that every position is rotated with the long factors, as
+    the model intends and the reference backend does (the pipeline alone would keep the short-factor
+    KV entries and rotate only the new tokens with the long ones). The streamer sees one answer.
+    ``stops``: the ids that end the answer. Returns the last run's result."""
+    first = original + 1 - len(ids) if original else 0  # tokens up to the crossing
+    if not 0 < first < max_new:
+        return generate(ids, max_new)
+    result = generate(ids, first)
+    tokens = [int(t) for t in result.tokens[0]]
+    if streamer.cancelled or len(tokens) < first or tokens[-1] in stops:
+        return result  # the answer ended before the crossing
+    return generate(ids + tokens, max_new - first)
 
 
 class ChatReuse:
@@ -291,7 +317,7 @@ class ChatReuse:
         """What to hand ``generate`` for the full prompt ``ids``, and how many of them the KV
         cache holds already (an estimate; :meth:`end` gives the pipeline's own count)."""
         if not self.enabled:
-            return _ids_tensor(ids), 0  # never in chat mode: the pipeline resets its state every call
+            return ids_tensor(ids), 0  # never in chat mode: the pipeline resets its state every call
         history, self.history = self.history, None  # unknown until end() has seen the run finish
         if history is None or (self.boundary and self.kv and
                                not same_side(self.boundary, len(ids), self.prompt_tokens, len(self.kv))):
@@ -307,7 +333,7 @@ class ChatReuse:
                 history = self._restart()
             new = ids
         self.sent = (history, new)
-        return _ids_tensor(new), min(common_prefix(self.kv, ids), len(ids) - 1)
+        return ids_tensor(new), min(common_prefix(self.kv, ids), len(ids) - 1)
 
     def _crop(self, ids: list[int]) -> bool:
         """Make the KV cache hold ``ids[:-1]`` and no more: run ``ids[:-1]`` plus a token the cache
@@ -327,23 +353,25 @@ class ChatReuse:
                 pass
 
         config = openvino_genai.GenerationConfig(max_new_tokens=1, do_sample=False, apply_chat_template=False)
-        self.pipe.generate(_ids_tensor(ids[:-1] + [other]), config, Cancel())
+        self.pipe.generate(ids_tensor(ids[:-1] + [other]), config, Cancel())
         self.kv = ids[:-1] + [other]
         return bool(seen)
 
-    def end(self, ids: list[int], result, cancelled: bool) -> int | None:
+    def end(self, ids: list[int], result, cancelled: bool, prompt_tokens: int | None = None) -> int | None:
         """Record what the pipeline holds after a run for ``ids``; returns the prompt tokens it
-        reused, from its own count of tokens prefilled (None if unknown)."""
+        reused, from its own count of tokens prefilled (None if unknown). ``prompt_tokens``: the
+        user's prompt when ``ids`` re-encoded a crossing (:func:`crossing_runs`), so the state counts
+        as one whose generation crossed the original context, never reused (see aipc.prefix)."""
         if not self.enabled or result is None:
             return None
         history, new = self.sent
         tokens = [int(t) for t in result.tokens[0]]
         self.history = history if cancelled else history + new + tokens
-        self.kv, self.prompt_tokens = list(ids) + tokens, len(ids)
+        self.kv, self.prompt_tokens = list(ids) + tokens, prompt_tokens or len(ids)
         return len(ids) - int(result.perf_metrics.get_num_input_tokens())
 
 
-def _ids_tensor(ids: list[int]):
+def ids_tensor(ids: list[int]):
     import numpy
     import openvino
 

@@ -7,6 +7,7 @@ transformers) are imported inside the hook bodies that need them, through
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -74,11 +75,21 @@ def aipc_quantize(request):
     plan = plan_quantization(request.precision, request.device, dict(request.options), Path(request.source_dir))
     for note in plan.notes:
         request.progress(note)
+    from aipc_openvino_common.export import calibration
+
     from . import export
 
-    figures = export.export(request.source_dir, request.output_dir, plan, request.trust_remote_code, request.progress)
+    started = time.perf_counter()
+    data = None
+    if plan.dataset and plan.weight_format == "int4":
+        data = calibration(plan.dataset, Path(request.source_dir), plan.num_samples, request.trust_remote_code,
+                           request.progress)
+    figures = export.export(request.source_dir, request.output_dir, plan, request.trust_remote_code, request.progress,
+                            data)
     options = plan.record()
-    options["quantize_seconds"] = figures["total_s"]
+    if data is not None:
+        options["calibration"] = data.record
+    options["quantize_seconds"] = round(time.perf_counter() - started, 1)
     return request.manifest(options=options, versions=export.runtime_versions())
 
 

@@ -28,8 +28,8 @@ from aipc.errors import BackendError, BackendUnavailableError, InvalidConfigErro
 from aipc.artifacts import longrope_original
 from aipc.prefix import PrefixCache
 from aipc.types import Chunk, GenerationConfig
-from aipc_openvino_common.genai import (ChatReuse, PipelineText, eos_ids, first_line, generation_config, perf_figures,
-                                        stream)
+from aipc_openvino_common.genai import (ChatReuse, PipelineText, crossing_runs, ending_ids, eos_ids, first_line,
+                                        generation_config, perf_figures, stream)
 
 REQUIRED = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
             "openvino_detokenizer.xml", "openvino_detokenizer.bin")
@@ -132,22 +132,33 @@ def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
     if limit and prompt_tokens >= limit:
         raise PromptTooLongError(f"the prompt has {prompt_tokens} tokens; the model's context is {limit}")
     max_new = min(config.max_new_tokens, limit - prompt_tokens) if limit else config.max_new_tokens
-    gen_config = generation_config(config, pipeline.eos, max_new)
+    # a LongRoPE crossing is re-encoded (crossing_runs), except under a constraint: a new run would
+    # start the grammar again on tokens it has matched already
+    original = pipeline.boundary if config.constraint is None else None
+    stop_ids = ending_ids(config, pipeline.eos)
 
     chosen: list = []
+    sent: list[list[int]] = []  # each run's prompt: the user's, then the whole sequence at a crossing
 
     def run(streamer):  # under pipeline.lock, in the stream's thread
         reuse, slot = pipeline.choose(ids)
         chosen[:] = [reuse, slot]
-        inputs, loaded.cached_tokens = reuse.inputs(ids)
-        return reuse.pipe.generate(inputs, gen_config, streamer)
+
+        def once(prompt_ids: list[int], new_tokens: int):
+            inputs, cached = reuse.inputs(prompt_ids)
+            if not sent:
+                loaded.cached_tokens = cached
+            sent.append(prompt_ids)
+            return reuse.pipe.generate(inputs, generation_config(config, pipeline.eos, new_tokens), streamer)
+
+        return crossing_runs(once, ids, max_new, original, streamer, stop_ids)
 
     def end(result, cancelled: bool) -> None:
         if not chosen:
             return
         reuse, slot = chosen
-        reused = reuse.end(ids, result, cancelled)
-        if reused is not None:
+        reused = reuse.end(sent[-1] if sent else ids, result, cancelled, prompt_tokens)
+        if reused is not None and len(sent) == 1:
             loaded.cached_tokens = reused  # the pipeline's own count of what it did not prefill
         if slot is not None:
             slot.hold(reuse, reuse.kv)  # the ids its KV cache holds (at most)
@@ -157,9 +168,6 @@ def generate(loaded, prompt: str, config: GenerationConfig) -> Iterator[Chunk]:
 
     # LLMPipeline.generate blocks: the core's threaded_stream runs it in a thread, and the
     # streamer returns CANCEL once the consumer has closed the stream
-    # (under a constraint ignore_eos does not apply: the run ends with the grammar, on a stop id)
-    stop_ids = set() if config.ignore_eos and config.constraint is None else pipeline.eos[1]
-
     def last(token: int, count: int) -> bool:  # the run's final token (see ChatReuse)
         return pipeline.reuse.enabled and (count >= max_new or token in stop_ids)
 
