@@ -88,10 +88,10 @@ def test_a_constraint_the_runtime_refuses_is_a_one_line_error(smollm2_int4, cons
     assert smollm2_int4.complete("Hello", max_new_tokens=4, constraint=Constraint("regex", "[a-z]+"))
 
 
-def test_a_constrained_request_gets_a_generator_of_its_own(smollm2_int4):
+def test_a_constrained_request_gets_a_generator_of_its_own(smollm2_int4_exact_reuse):
     """The kept generator of a conversation (prefix reuse) has no guidance: a constrained request
     must not run on it, and must leave it as it was for the next free request."""
-    model = smollm2_int4
+    model = smollm2_int4_exact_reuse
     prompt = model.format_chat([{"role": "system", "content": SYSTEM},
                                 {"role": "user", "content": "What is the capital of France?"}])
 

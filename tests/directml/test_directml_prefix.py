@@ -19,16 +19,10 @@ from directml_support import BACKEND, SYSTEM
 TOKENS = 10
 
 
-@pytest.fixture(scope="session")
-def smollm2_int4_dir():
-    from aipc.sources import DEFAULT_MODEL, resolve
-
-    return aipc.quantize(str(resolve(DEFAULT_MODEL).hf_dir), backend=BACKEND, precision="int4", device="CPU")
-
-
 @pytest.fixture(scope="session", params=["fp32-tiny", "int4-smollm2"])
 def folder(request, artifacts, smollm2_int4_dir):
-    """The tiny Phi-3 at fp32 (an exact precision) and the real SmolLM2 at int4 (the default)."""
+    """The tiny Phi-3 at fp32 (an exact precision) and the real SmolLM2 at int4 (fp32 activations:
+    see conftest.EXACT_REUSE)."""
     return artifacts("fp32", "CPU") if request.param == "fp32-tiny" else smollm2_int4_dir
 
 
