@@ -76,6 +76,10 @@ class Capabilities:
     # (InvalidConfigError) and prompts over its limit (PromptTooLongError). The core checks both
     # before it calls a backend anyway; claim it and the suite calls the hooks directly to check
     validates_inputs: bool = False
+    # re-encodes the whole sequence with the long factors when a generation crosses a LongRoPE
+    # model's original context (as the reference and the model's own code do); the suite then
+    # compares the tokens after the crossing too, else only those before it
+    longrope_reencode: bool = False
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def aipc_backend_info() -> BackendInfo:
         devices=(Device("CPU", PRECISIONS),),
         default_precision="fp32",
         capabilities=Capabilities(validates_inputs=True, native_stop_strings=True, repetition_penalty=True, prefix_cache=True,
-                                  constraints=guidance.KINDS),
+                                  longrope_reencode=True, constraints=guidance.KINDS),
         priority=0,
         runtime_versions={"torch": _version("torch"), "transformers": _version("transformers")},
         options=dict(OPTIONS),

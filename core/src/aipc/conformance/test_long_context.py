@@ -9,13 +9,14 @@ embeddings, grouped KV heads and padded vocabulary). Three prompt kinds, 16 gree
   reference's tokens. A backend that caps a LongRoPE model at its original context, or that
   exports or runs it with the wrong factors, fails here.
 - crossing (59 tokens, the answer crosses position 64): all 16 tokens come out (none cut to fit
-  the original context) and, at fp32, they are the reference's. When the sequence crosses the
-  original context every backend re-encodes the whole sequence (prompt and tokens so far) with the
-  long factors, as the model intends, and goes on from there. A backend that keeps its KV cache
-  across and rotates only the new tokens with the long factors agrees only up to the crossing
-  (6 of 16 tokens on the tiny stand-ins) and fails here.
-- a conversation through the crossing with prefix reuse on (where ``prefix_cache`` is claimed, at
-  fp32): the re-encoded state and the reuse boundary together.
+  the original context) and, at fp32, they are the reference's. A backend claiming
+  ``longrope_reencode`` (all of aipc's) re-encodes the whole sequence (prompt and tokens so far)
+  with the long factors when the sequence crosses the original context, as the model intends, and
+  all 16 are compared; one keeping its KV cache across and rotating only the new tokens with the
+  long factors (a documented approximation: 6 of 16 tokens agree on the tiny stand-ins, those
+  before the crossing) does not claim it and is compared up to the crossing.
+- a conversation through the crossing with prefix reuse on (where ``prefix_cache`` and
+  ``longrope_reencode`` are claimed, at fp32): the re-encoded state and the reuse boundary together.
 
 Each kind runs on a fresh model load: a kept prefix state of one kind must not leak into another
 (see the suite's prefix-cache tests and :class:`aipc.prefix.PrefixCache`'s ``boundary``).
@@ -74,6 +75,8 @@ def test_longrope_prompts(longrope, backend_name, precision, device, backend_inf
     length, want, _ = _answer(longrope, REFERENCE, "fp32", None, KINDS[kind])
     if kind == "crossing":
         assert length < LONGROPE_ORIGINAL < length + NEW, f"the crossing prompt has {length} tokens"
+        if not backend_info.capabilities.longrope_reencode:  # the approximation: up to the crossing
+            got, want = got[:LONGROPE_ORIGINAL - length + 1], want[:LONGROPE_ORIGINAL - length + 1]
     got, want = _until_an_end(longrope, got, want)
     assert got == want, f"{kind} prompt on {longrope.name}: tokens differ from the reference: {got} vs {want}"
 
@@ -84,9 +87,10 @@ def test_a_conversation_through_the_crossing(longrope, backend_name, precision, 
     turn gives the reference's tokens, so a kept state is never continued across the boundary and a
     crossing re-encoded on a continued state leaves a consistent one. The answers in the history are
     a fixed text (a random model's text can hold any character, a NUL too)."""
-    if not backend_info.capabilities.prefix_cache or precision != "fp32" or \
-            precision not in backend_info.capabilities.exact_precisions:
-        pytest.skip("checked where prefix_cache is claimed, at fp32 declared exact")
+    claims = backend_info.capabilities
+    if not (claims.prefix_cache and claims.longrope_reencode) or precision != "fp32" or \
+            precision not in claims.exact_precisions:
+        pytest.skip("checked where prefix_cache and longrope_reencode are claimed, at fp32 declared exact")
     model = _load(longrope, backend_name, precision, device, cache_slots=1)
     reference = _load(longrope, REFERENCE, "fp32", None)
     try:

@@ -47,6 +47,8 @@ def aipc_backend_info() -> BackendInfo:
             # a kept og.Generator per slot, rewound and appended to (engine.py); CPU provider only:
             # onnxruntime-genai refuses to continue a generator whose KV cache is on DirectML
             prefix_cache=True,
+            # a new generator from the whole sequence at a LongRoPE crossing (engine.py; not under guidance)
+            longrope_reencode=True,
             # onnxruntime-genai's own guidance (llguidance in the runtime, GeneratorParams.set_guidance):
             # run on the CPU provider (0.18.0); the DirectML wheel 0.13.1 has it built in, not run here
             constraints=("json_schema", "regex", "grammar"),

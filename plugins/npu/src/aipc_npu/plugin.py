@@ -78,6 +78,9 @@ def aipc_backend_info() -> BackendInfo:
             sampling=engine != "library", seed_determinism=engine != "library",
             max_prompt_tokens=opts.DEFAULT_MAX_PROMPT_LEN, max_batch_size=1, beam_search=False,
             exact_precisions=exact,
+            # library: transformers re-encodes; openvino: a second run from the whole sequence (not under a
+            # constraint, nor with MAX_PROMPT_LEN at or below the original context: README)
+            longrope_reencode=True,
             prefix_cache=engine == "library",  # the library worker keeps DynamicCaches (library_worker.py)
             # library: llguidance in the worker (aipc.guidance); openvino: StructuredOutputConfig
             # (XGrammar) in the NPU pipeline (aipc_openvino_common.genai)

@@ -48,6 +48,7 @@ def aipc_backend_info() -> BackendInfo:
         capabilities=Capabilities(
             streaming=True, native_stop_strings=True, sampling=True, seed_determinism=True,
             repetition_penalty=True, exact_precisions=("fp32", "fp16"), prefix_cache=True, validates_inputs=True,
+            longrope_reencode=True,  # a second run from the whole sequence at the crossing (not under a constraint)
             constraints=KINDS,  # OpenVINO GenAI's StructuredOutputConfig (XGrammar)
         ),
         priority=20,
