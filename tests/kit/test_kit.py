@@ -75,6 +75,7 @@ def test_suite_fails_a_prefix_cache_that_reuses_stale_state(tmp_path):
     assert failed(outcomes) <= {"test_next_turn_reuses_and_matches_cold_run", "test_interleaved_conversations_keep_their_state",
                                 "test_edited_conversation_reuses_only_the_common_prefix",
                                 "test_state_after_a_closed_stream_is_usable", "test_greedy_tokens_match_reference",
+                                "test_a_conversation_through_the_crossing",
                                 "test_constrained_greedy_output_matches_reference"}, outcomes
 
 

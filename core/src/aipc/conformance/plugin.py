@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--aipc-report", metavar="FILE", help="Write the aipc certification report (JSON) here.")
     group.addoption("--aipc-keep", action="append", default=[], metavar="PRECISION=SHARE",
                     help="Raise the share of the reference's right answers a lower precision must keep "
-                         "(default 0.5), e.g. int4=0.9: a project's own bar for its backends. Repeatable.")
+                         "(default 0.4), e.g. int4=0.9: a project's own bar for its backends. Repeatable.")
 
 
 def pytest_configure(config: pytest.Config) -> None:

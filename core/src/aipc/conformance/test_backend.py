@@ -16,7 +16,7 @@ Measures:
   layout) agrees on ~0; sound ones measured 6-9 of 10 here (DirectML int4 7, int8 9, the
   example's PyTorch dynamic int8 6): SmolLM2-135M has many near-tied first tokens. And (c) of
   the short factual questions in :mod:`aipc.conformance.questions` that the reference answers
-  right, keep at least ``KEEP_FLOOR`` (a broken conversion keeps ~0); ``--aipc-keep int4=0.9``
+  right, keep at least ``KEEP_FLOOR`` (0.4; a broken conversion keeps ~0); ``--aipc-keep int4=0.9``
   raises that bar for a project's own backends, as aipc's CI does for its own at what their
   default recipes measured (benchmarks/README.md).
 """
@@ -40,7 +40,10 @@ from aipc.errors import (
 from aipc.types import PRECISIONS, BackendInfo, GenerationConfig, Manifest
 
 EXACT_TOKENS = 16
-KEEP_FLOOR = 0.5  # of the reference's right answers, at int8/int4
+#: of the reference's right answers, at int8/int4: a floor that catches broken conversions (they keep
+#: ~0), set below the weakest default measured (directml int4, the builder's recipe: 8 of 17 with
+#: 20 answer tokens); `--aipc-keep` raises it per precision once the defaults are better (issue 16)
+KEEP_FLOOR = 0.4
 ANSWER_TOKENS = 20  # the fact comes in the first sentence; each token costs CI time
 
 

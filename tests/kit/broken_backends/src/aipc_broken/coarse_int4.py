@@ -10,7 +10,7 @@ from aipc.types import Device
 
 from . import generate, info
 
-LEVELS = 3  # per side of zero: coarser than int4's 7, so that the damage is certain
+LEVELS = 1  # per side of zero (ternary weights): far coarser than int4's 7, so that the damage is certain
 
 
 @hookimpl
