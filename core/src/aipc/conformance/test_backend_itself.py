@@ -207,11 +207,16 @@ def test_streaming_is_incremental(default_model, backend_info):
         pytest.skip("capabilities do not claim streaming")
     arrivals = []
     started = time.perf_counter()
-    for _ in default_model.raw_stream(default_model.format_prompt(STORY), GenerationConfig(max_new_tokens=48, ignore_eos=True)):
+    for _ in default_model.raw_stream(default_model.format_prompt(STORY), GenerationConfig(max_new_tokens=96, ignore_eos=True)):
         arrivals.append(time.perf_counter() - started)
-    assert len(arrivals) > 1, "48 tokens came as one chunk"
-    assert arrivals[0] < 0.5 * arrivals[-1], (
-        f"the first chunk came {arrivals[0]:.2f} s after the start, the last {arrivals[-1]:.2f} s: not streamed as made")
+    assert len(arrivals) > 1, "96 tokens came as one chunk"
+    # A buffered stream hands out every chunk within a millisecond at the end; a streamed one spreads them
+    # over the decoding. The prefill's share of the time varies (a static-shape NPU prefill is slow, a tiny
+    # model's decoding fast), so only the spread is asked for, not an early first chunk.
+    spread = arrivals[-1] - arrivals[0]
+    assert spread > 0.1 * arrivals[-1], (
+        f"the chunks came within {spread:.3f} s of each other, the last {arrivals[-1]:.2f} s after the start: "
+        "not streamed as made")
 
 
 def test_batch_of_generations_at_once(default_model, backend_info):
