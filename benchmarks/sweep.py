@@ -63,7 +63,7 @@ def accuracy(model: aipc.Model, reference: dict, tokens: int) -> dict:
     agreement and mean common greedy prefix with the reference; then the suite's own measures."""
     row: dict = {}
     for name, questions in SETS.items():
-        first, prefixes, kept, own, base = 0, [], 0, 0, 0
+        first, prefixes, kept, own, base, lost = 0, [], 0, 0, 0, []
         for question, pattern in questions:
             ids, text = greedy_answer(model, question, tokens)
             ref_ids, ref_text = reference[question]
@@ -72,10 +72,12 @@ def accuracy(model: aipc.Model, reference: dict, tokens: int) -> dict:
             own += right(pattern, text)
             base += right(pattern, ref_text)
             kept += right(pattern, text) and right(pattern, ref_text)
+            if right(pattern, ref_text) and not right(pattern, text):
+                lost.append(question)
         row[name] = {"questions": len(questions), "reference_right": base, "kept": kept,
                      "kept_share": round(kept / base, 3) if base else None, "right": own,
                      "first_token_agreement": round(first / len(questions), 3),
-                     "mean_common_prefix": round(statistics.mean(prefixes), 2)}
+                     "mean_common_prefix": round(statistics.mean(prefixes), 2), "lost": lost}
     # what the conformance suite asks of a quantized model (first answer token on its prompts, Paris)
     suite = sum(greedy_answer(model, q, 1)[0] == reference[q][0][:1] for q in AGREEMENT_PROMPTS)
     bare = sum(greedy_answer(model, q, 1, None)[0] == reference[(q, None)][0] for q in AGREEMENT_PROMPTS)
