@@ -10,7 +10,7 @@ import json, shutil, sys, time, os
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import aipc
-from sweep import SETS, accuracy, greedy_answer, AGREEMENT_PROMPTS
+from sweep import accuracy, greedy_answer, reference_answers
 from aipc.sources import DEFAULT_MODEL
 
 algo = sys.argv[1]; block = int(sys.argv[2]); gather = "gather" in sys.argv[3:]; nsamp = 16
@@ -33,15 +33,16 @@ if not (out / "done").exists():
         from aipc.calibration import read_file
         texts = read_file(Path(sys.argv[-1]))[:nsamp]
         tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+        dec = json.loads((src / "genai_config.json").read_text())["model"]["decoder"]
         class Reader(CalibrationDataReader):
             def __init__(self):
                 self.items = []
                 for t in texts:
                     ids = np.array([tok.encode(t).ids[:256]], dtype=np.int64)
                     d = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-                    for i in range(30):
+                    for i in range(dec["num_hidden_layers"]):
                         for kv in ("key", "value"):
-                            d[f"past_key_values.{i}.{kv}"] = np.zeros((1, 3, 0, 64), dtype=np.float32)
+                            d[f"past_key_values.{i}.{kv}"] = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), np.float32)
                     self.items.append(d)
                 self.it = iter(self.items)
             def get_next(self):
@@ -71,12 +72,7 @@ refpath = work / "reference.json"
 if refpath.exists():
     raw = json.loads(refpath.read_text()); reference = {tuple(json.loads(k)) if k.startswith("[") else k: v for k, v in raw.items()}
 else:
-    r = aipc.load(DEFAULT_MODEL, backend="transformers", precision="fp32")
-    asked = [q for qs in SETS.values() for q, _ in qs]
-    reference = {q: greedy_answer(r, q, 48) for q in asked}
-    reference.update({q: greedy_answer(r, q, 48) for q in AGREEMENT_PROMPTS})
-    reference.update({(q, None): greedy_answer(r, q, 1, None) for q in AGREEMENT_PROMPTS})
-    r.close()
+    reference = reference_answers(DEFAULT_MODEL, 48)
     refpath.write_text(json.dumps({(json.dumps(list(k)) if isinstance(k, tuple) else k): v for k, v in reference.items()}))
 row = accuracy(model, reference, 48)
 print(algo, block, gather, json.dumps(row))

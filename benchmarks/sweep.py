@@ -87,6 +87,16 @@ def accuracy(model: aipc.Model, reference: dict, tokens: int) -> dict:
     return row
 
 
+def reference_answers(model_name: str, tokens: int) -> dict:
+    """transformers fp32's greedy answers to both question sets and the suite's prompts, as accuracy() wants them."""
+    reference_model = aipc.load(model_name, backend="transformers", precision="fp32")
+    asked = [q for questions in SETS.values() for q, _ in questions]
+    reference = {q: greedy_answer(reference_model, q, tokens) for q in [*asked, *AGREEMENT_PROMPTS]}
+    reference.update({(q, None): greedy_answer(reference_model, q, 1, None) for q in AGREEMENT_PROMPTS})
+    reference_model.close()
+    return reference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", "-b", required=True)
@@ -110,12 +120,7 @@ def main() -> None:
         print(message, flush=True)
 
     report = bench.run(args.model, combos, args.prompt_tokens, args.new_tokens, args.runs, 1, None, False, progress)
-    reference_model = aipc.load(args.model, backend="transformers", precision="fp32")
-    asked = [q for questions in SETS.values() for q, _ in questions]
-    reference = {q: greedy_answer(reference_model, q, args.answer_tokens) for q in asked}
-    reference.update({q: greedy_answer(reference_model, q, args.answer_tokens) for q in AGREEMENT_PROMPTS})
-    reference.update({(q, None): greedy_answer(reference_model, q, 1, None) for q in AGREEMENT_PROMPTS})
-    reference_model.close()
+    reference = reference_answers(args.model, args.answer_tokens)
     report["reference"] = {}
     for name, questions in SETS.items():
         base = sum(right(p, reference[q][1]) for q, p in questions)
