@@ -3,7 +3,7 @@
 import json
 
 import aipc
-from aipc.bench import exact_prompt
+from aipc.bench import exact_prompt, variant_options
 
 
 def test_exact_prompt_has_exactly_the_requested_tokens(tiny_phi3, smollm2):
@@ -114,3 +114,11 @@ def test_each_combinations_memory_is_measured_without_the_others_loaded(tiny_phi
     report = bench.run(str(tiny_phi3), combos, prompt_tokens=8, new_tokens=2, runs=1, warmup=0)
     assert seen == [0, 1, 0, 1], seen  # before and after each combination's loads: only its own model
     assert all(r["runs"] == 1 and r["peak_rss_mb"] > 0 for r in report["results"])
+
+
+def test_a_variant_option_value_may_hold_commas():
+    assert variant_options("") == ()
+    assert variant_options("a=1, b=2") == ("a=1", "b=2")
+    assert variant_options("algo_config=k_quant,matmul_mixed_precision=last_matmul:int8,mixed_layers:int8") == (
+        "algo_config=k_quant", "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8")
+    assert variant_options("novalue") == ("novalue",)  # refused later by parse_options, in one line

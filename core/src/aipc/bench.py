@@ -157,6 +157,18 @@ def exact_prompt(model, tokens: int) -> str:
     raise InvalidConfigError(f"cannot build a prompt of exactly {tokens} tokens for this tokenizer")
 
 
+def variant_options(variant: str) -> tuple[str, ...]:
+    """``"a=1,b=x:y,z:w"`` as ``("a=1", "b=x:y,z:w")``: a comma starts a new option only where a
+    ``KEY=`` follows, so a value may hold commas (directml's ``matmul_mixed_precision``)."""
+    options: list[str] = []
+    for part in (part.strip() for part in variant.split(",")):
+        if options and part and "=" not in part:
+            options[-1] += "," + part
+        elif part:
+            options.append(part)
+    return tuple(options)
+
+
 def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device: str | None,
                  variants: tuple[str, ...] = (), cache_slots: tuple[int, ...] = (),
                  constraint: Constraint | None = None) -> tuple[list[Combo], list[str]]:
@@ -176,7 +188,7 @@ def combinations(backends: tuple[str, ...], precisions: tuple[str, ...], device:
                        and (device is None or d.name.lower() == device.lower())]
             if devices:
                 for variant in variants or ("",):
-                    options = tuple(part.strip() for part in variant.split(",") if part.strip())
+                    options = variant_options(variant)
                     for slots in cache_slots or (None,):
                         slots = None if slots is None else checked_slots(slots)
                         for constrained in (None, constraint) if constraint else (None,):

@@ -386,7 +386,8 @@ def models_rm(names) -> None:
 @click.option("--device", "-d", help="Device. Default: each backend's first present device offering the precision.")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable.")
 @click.option("--variant", "variants", multiple=True, metavar="K=V[,K=V]",
-              help="Options of one variant (repeatable): each backend/precision is measured once per variant.")
+              help="Options of one variant (repeatable): each backend/precision is measured once per variant. "
+              "A comma not followed by KEY= stays in the value (X=a:1,b:2 is one option).")
 @click.option("--prompt-tokens", default=128, show_default=True, type=int,
               help="Exact prompt length in tokens (with --turns: the user message added each turn).")
 @click.option("--new-tokens", default=128, show_default=True, type=int,
