@@ -97,6 +97,27 @@ def reference_answers(model_name: str, tokens: int) -> dict:
     return reference
 
 
+ACCURACY_FIELDS = ("tuning", "eval", "suite_first_token", "suite_paris", "no_system_first_token")
+
+
+def reusable_accuracy(path: Path, report: dict, tokens: int) -> dict[tuple, dict]:
+    """The accuracy rows of an earlier sweep by variant options, if it measured the same model with the
+    same runtime versions, CPU and answer length (else none: another runtime or CPU kernel may answer
+    differently)."""
+    old = json.loads(path.read_text(encoding="utf-8"))
+    same = (old.get("model"), old.get("versions"), old.get("machine", {}).get("cpu"), old.get("answer_tokens", 48)) == (
+        report.get("model"), report.get("versions"), report["machine"]["cpu"], tokens)
+    if not same:
+        print(f"{path}: another model, runtime version, CPU or answer length; its accuracy is not reused")
+        return {}
+    return {variant_key(row): {k: row[k] for k in ACCURACY_FIELDS}
+            for row in old["results"] if all(k in row for k in ACCURACY_FIELDS)}
+
+
+def variant_key(row: dict) -> tuple:
+    return row["backend"], row["precision"], row["device"], tuple(row["options"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", "-b", required=True)
@@ -110,6 +131,9 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=48, help="greedy answer length for accuracy")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--reuse-accuracy", type=Path, metavar="SWEEP_JSON",
+                        help="take the accuracy of variants this earlier sweep measured with the same model, "
+                        "backend, precision, runtime versions and CPU (greedy answers do not change); speed is measured anew")
     args = parser.parse_args()
     os.environ["AIPC_NUM_THREADS"] = str(args.threads)
     combos, notes = bench.combinations((args.backend,), (args.precision,), args.device, tuple(args.variant or [""]))
@@ -120,13 +144,18 @@ def main() -> None:
         print(message, flush=True)
 
     report = bench.run(args.model, combos, args.prompt_tokens, args.new_tokens, args.runs, 1, None, False, progress)
+    report["answer_tokens"] = args.answer_tokens
     reference = reference_answers(args.model, args.answer_tokens)
     report["reference"] = {}
     for name, questions in SETS.items():
         base = sum(right(p, reference[q][1]) for q, p in questions)
         report["reference"][name] = {"questions": len(questions), "right": base}
         print(f"reference (transformers fp32) answers {base}/{len(questions)} {name} questions right")
+    earlier = reusable_accuracy(args.reuse_accuracy, report, args.answer_tokens) if args.reuse_accuracy else {}
     for combo, row in zip(combos, report["results"]):
+        if variant_key(row) in earlier:
+            row.update(earlier[variant_key(row)], accuracy_from=args.reuse_accuracy.name)
+            continue
         model = aipc.load(args.model, backend=combo.backend, precision=combo.precision, device=combo.device,
                           options=list(combo.options))
         row.update(accuracy(model, reference, args.answer_tokens))
