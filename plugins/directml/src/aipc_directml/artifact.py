@@ -97,7 +97,8 @@ _INT4_TYPES = {21, 22}  # UINT4, INT4
 def precision_of(folder: Path) -> str | None:
     """The precision of the weights of a genai model folder, read from its graph.
 
-    MatMulNBits (the builder's int4/int8 weight-only format) gives its ``bits``; a QDQ graph
+    MatMulNBits (the builder's int4/int8 weight-only format) gives its ``bits`` (the fewest
+    across the graph, as mixed recipes keep some layers at 8); a QDQ graph
     gives the type of its quantized weights; otherwise the type of the float weights. Returns
     None for what aipc has no name for (bf16) or a folder that is not readable.
     """
@@ -109,10 +110,14 @@ def precision_of(folder: Path) -> str | None:
         graph = onnx.load(str(model_file), load_external_data=False).graph
     except Exception:  # not ours, or unreadable: the caller treats None as "not recognised"
         return None
-    for node in graph.node:
-        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-            return "int8" if bits == 8 else "int4"
+    # A mixed recipe (mixed_layers:int8) keeps some layers at 8 bits: the narrowest names the model.
+    bits = [
+        next((a.i for a in node.attribute if a.name == "bits"), 4)
+        for node in graph.node
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized")
+    ]
+    if bits:
+        return "int4" if min(bits) <= 4 else "int8"
     kinds = [init.data_type for init in graph.initializer if len(init.dims) >= 2]
     if any(t in _INT4_TYPES for t in kinds):
         return "int4"
