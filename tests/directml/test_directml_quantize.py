@@ -140,17 +140,26 @@ def test_the_default_recipe_is_recorded_in_the_manifest(artifacts):
     assert {k: options.get(k) for k in recipe} == recipe
 
 
-def test_the_cpu_int4_default_builds_int8_for_the_sensitive_matmuls(artifacts):
-    """The mixed default reaches the graph: 8-bit MatMulNBits beside 4-bit ones, and the model still
-    reads as int4 (precision_of takes the narrowest)."""
+def _matmuls(folder):
     import onnx
 
     from aipc_directml.artifact import decoder_file, read_config
 
-    folder = artifacts("int4")
     graph = onnx.load(str(decoder_file(folder, read_config(folder))), load_external_data=False).graph
-    bits = {next((a.i for a in n.attribute if a.name == "bits"), 4) for n in graph.node if n.op_type == "MatMulNBits"}
+    return [n for n in graph.node if n.op_type == "MatMulNBits"]
+
+
+def test_the_cpu_int4_default_builds_int8_for_the_sensitive_matmuls(artifacts):
+    """The mixed default reaches the graph: 8-bit MatMulNBits beside 4-bit ones, and the model still
+    reads as int4 (precision_of takes the narrowest)."""
+    bits = {next((a.i for a in n.attribute if a.name == "bits"), 4) for n in _matmuls(artifacts("int4"))}
     assert bits == {4, 8}, bits
+
+
+def test_the_cpu_int8_default_is_asymmetric(artifacts):
+    """Every int8 MatMulNBits has its zero points (the 4th input), the asymmetric default."""
+    matmuls = _matmuls(artifacts("int8"))
+    assert matmuls and all(len(n.input) > 3 and n.input[3] for n in matmuls), [n.name for n in matmuls][:3]
 
 
 def test_options_override_the_default_recipe_per_target():

@@ -14,9 +14,11 @@ QUANTIZE_OPTIONS = {
     "accuracy_level": "int4/int8: minimum MatMul compute precision, 1=fp32 2=fp16 3=bf16 4=int8 "
     "(builder default: 4 on CPU, 0 on DML)",
     "algo_config": "int4/int8: rounding method, default/rtn/k_quant",
-    "is_symmetric": "int4/int8: true (default) or false (a tied embedding then gets its own int4 copy)",
+    "is_symmetric": "int4/int8: true or false (default true, but false for int8 on CPU; a tied embedding "
+    "then gets its own quantized copy)",
     "matmul_mixed_precision": "int4: int8 for some MatMuls, e.g. last_matmul:int8 (the LM head), "
-    "last_matmul:int8,mixed_layers:int8; none = all int4 (a tied embedding gets its own int4 copy)",
+    "last_matmul:int8,mixed_layers:int8 (default on CPU: mixed_layers:int8); none = all int4 "
+    "(a tied embedding gets its own int4 copy unless none)",
 }
 RUN_OPTIONS = {"threads": "ONNX Runtime intra-op threads (default: the runtime's; env AIPC_NUM_THREADS)"}
 _BLOCK_SIZES = ("16", "32", "64", "128", "256")
@@ -33,11 +35,16 @@ _UNTIED = {"shared_embeddings": "false", "op_types_to_quantize": "MatMul/Gather"
 #: quantization-sensitive MatMuls (llama.cpp's choice: the first and last eighth of the layers and
 #: every third layer's qkv / v / down projections); on SmolLM2-135M it keeps 24 of the 27 evaluation
 #: answers the builder's plain int4 keeps 21 of, at 0.93x-1.04x its decode speed (by CPU) and +28 MB
-#: (benchmarks/README.md, results/sweep-directml-int4-mixed.json). The dml target stays the
+#: (benchmarks/README.md, results/sweep-directml-int4-mixed.json). int8 on cpu: asymmetric (a zero
+#: point per block): 27 of 27 evaluation answers kept against 26 for symmetric, same tuning answers,
+#: same decode speed, +4 MB (results/sweep-directml-int8-recipes.json). The dml target stays the
 #: builder's until measured on DirectML.
-DEFAULTS: dict[tuple[str, str], dict[str, str]] = {("int4", "cpu"): {"matmul_mixed_precision": "mixed_layers:int8"}}
+DEFAULTS: dict[tuple[str, str], dict[str, str]] = {
+    ("int4", "cpu"): {"matmul_mixed_precision": "mixed_layers:int8"},
+    ("int8", "cpu"): {"is_symmetric": "false"},
+}
 #: Part of the artifact's cache key (plugin.py): artifacts built with earlier defaults are rebuilt.
-RECIPE = "3"
+RECIPE = "4"
 
 
 def check_options(options: dict[str, str]) -> None:
