@@ -58,6 +58,10 @@ def test_the_core_refuses_them_too(tiny):
     ({"matmul_mixed_precision": "lm_head:int8"}, "matmul_mixed_precision"),
     ({"matmul_mixed_precision": "last_matmul:int2"}, "matmul_mixed_precision"),
     ({"no_such_option": "1"}, "no option"),
+    ({"algo_config": "autoround", "matmul_mixed_precision": "mixed_layers:int8"}, "does not combine"),
+    ({"iters": "-1"}, "iters"),
+    ({"iters": "5", "algo_config": "rtn"}, "applies with algo_config=autoround only"),
+    ({"dataset": "wikitext2"}, "no file"),
 ])
 def test_bad_options_are_refused(tiny, tmp_path, options, match):
     with pytest.raises(InvalidConfigError, match=match):
@@ -67,6 +71,8 @@ def test_bad_options_are_refused(tiny, tmp_path, options, match):
 def test_quantization_options_need_a_quantized_precision(tiny, tmp_path):
     with pytest.raises(InvalidConfigError, match="int4/int8 only"):
         registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "fp32", "CPU", block_size="64"))
+    with pytest.raises(InvalidConfigError, match="int4 only"):
+        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "int8", "CPU", algo_config="autoround"))
 
 
 def _graph(folder):
@@ -75,7 +81,8 @@ def _graph(folder):
     return onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
 
 
-@pytest.mark.parametrize("options", [{"matmul_mixed_precision": "last_matmul:int8"}, {"is_symmetric": "false"}])
+@pytest.mark.parametrize("options", [{"matmul_mixed_precision": "last_matmul:int8"},
+                                     {"is_symmetric": "false", "algo_config": "default"}])
 def test_options_that_cannot_share_a_tied_embedding_untie_it(tiny, tmp_path, options):
     """The builder shares a tied model's quantized LM head with its embedding, and with an int8 LM
     head or asymmetric weights it reads initializers it never wrote: the model does not load. aipc
@@ -132,12 +139,16 @@ def test_the_builder_fix_wires_the_lm_head_to_the_final_norm(artifacts, tiny):
     assert "final_norm" in head[0].input[0], f"the LM head reads {head[0].input[0]}"
 
 
-def test_the_default_recipe_is_recorded_in_the_manifest(artifacts):
-    from aipc_directml.options import DEFAULTS
+def _hidden(tiny):
+    return json.loads((tiny / "config.json").read_text())["hidden_size"]
 
-    recipe = DEFAULTS.get(("int4", "cpu"), {})
+
+def test_the_default_recipe_is_recorded_in_the_manifest(artifacts, tiny):
+    from aipc_directml.options import defaults
+
+    recipe = defaults("int4", "cpu", _hidden(tiny))
     options = Manifest.read(artifacts("int4")).options
-    assert {k: options.get(k) for k in recipe} == recipe
+    assert recipe and {k: options.get(k) for k in recipe} == recipe
 
 
 def _matmuls(folder):
@@ -149,11 +160,56 @@ def _matmuls(folder):
     return [n for n in graph.node if n.op_type == "MatMulNBits"]
 
 
-def test_the_cpu_int4_default_builds_int8_for_the_sensitive_matmuls(artifacts):
-    """The mixed default reaches the graph: 8-bit MatMulNBits beside 4-bit ones, and the model still
-    reads as int4 (precision_of takes the narrowest)."""
-    bits = {next((a.i for a in n.attribute if a.name == "bits"), 4) for n in _matmuls(artifacts("int4"))}
-    assert bits == {4, 8}, bits
+def _bits(folder):
+    return {next((a.i for a in n.attribute if a.name == "bits"), 4) for n in _matmuls(folder)}
+
+
+def test_a_small_model_s_cpu_int4_default_is_autoround(artifacts):
+    """A model under 1024 hidden (the tiny Phi-3 here, SmolLM2 in the suite) gets AutoRound's int4:
+    its checkpoint read by the builder, every MatMul 4-bit, the calibration (the model's own text)
+    and the time recorded."""
+    folder = artifacts("int4")
+    options = Manifest.read(folder).options
+    assert options["algo_config"] == "autoround" and options["iters"] == "50"
+    assert options["calibration"]["dataset"] == "self" and options["calibration"]["samples"] > 0
+    assert options["quantize_seconds"] > 0
+    assert "AutoRound:" in (folder / "build.log").read_text(encoding="utf-8", errors="replace")
+    assert _bits(folder) == {4}
+
+
+def test_the_mixed_recipe_builds_int8_for_the_sensitive_matmuls(tiny):
+    """The larger models' CPU default (asked for here): 8-bit MatMulNBits beside 4-bit ones, and the
+    model still reads as int4 (precision_of takes the narrowest)."""
+    from aipc_directml.artifact import precision_of
+
+    folder = aipc.quantize(str(tiny), backend=BACKEND, precision="int4", device="CPU",
+                           options={"matmul_mixed_precision": "mixed_layers:int8"})
+    assert Manifest.read(folder).options.get("algo_config") is None
+    assert _bits(folder) == {4, 8}
+    assert precision_of(folder) == "int4"
+
+
+def test_autoround_takes_a_calibration_file(tiny, tmp_path):
+    texts = [f"Sample {i}: " + " ".join(f"word{j} of text {i}." for j in range(30)) for i in range(6)]
+    data = tmp_path / "calibration.txt"
+    data.write_text("\n\n".join(texts), encoding="utf-8")
+    folder = aipc.quantize(str(tiny), backend=BACKEND, precision="int4", device="CPU",
+                           options={"algo_config": "autoround", "dataset": str(data), "iters": "2"})
+    record = Manifest.read(folder).options["calibration"]
+    assert (record["dataset"], record["samples"]) == ("calibration.txt", 6)
+    model = aipc.load(str(folder), backend=BACKEND, device="CPU", options={"threads": "1"})
+    try:
+        assert model.complete("Hello", max_new_tokens=4) is not None
+    finally:
+        model.close()
+
+
+def test_calibration_text_too_short_is_a_one_line_error(tiny, tmp_path):
+    data = tmp_path / "short.txt"
+    data.write_text("hi\n\nyo\n\nok", encoding="utf-8")
+    with pytest.raises(InvalidConfigError, match=r"^AutoRound failed: ValueError: the calibration text is too short") as error:
+        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "int4", "CPU", dataset=str(data)))
+    assert "\n" not in str(error.value) and "last-build-failure.log" in str(error.value)
 
 
 def test_the_cpu_int8_default_is_asymmetric(artifacts):
@@ -171,3 +227,14 @@ def test_options_override_the_default_recipe_per_target():
     plain = builder_options("int4", "CPU", {"matmul_mixed_precision": "none", "accuracy_level": "1"}, tied_embeddings=True)
     assert "matmul_mixed_precision" not in plain and "shared_embeddings" not in plain
     assert plain["accuracy_level"] == "1"
+    # by model size: a small model's int4 on cpu is AutoRound, a large one's the mixed recipe
+    assert builder_options("int4", "CPU", {}, tied_embeddings=True, hidden_size=576) == {
+        "algo_config": "autoround", "iters": "50", "dataset": "self"}
+    assert builder_options("int4", "CPU", {}, tied_embeddings=False, hidden_size=3072) == cpu
+    assert builder_options("int4", "AUTO", {}, tied_embeddings=False, hidden_size=576) == DEFAULTS.get(("int4", "dml"), {})
+    # the user's rounding method or mixed precision replaces AutoRound; asking for AutoRound drops the mix
+    assert "algo_config" not in builder_options("int4", "CPU", {"matmul_mixed_precision": "last_matmul:int8"},
+                                                tied_embeddings=False, hidden_size=576)
+    assert builder_options("int4", "CPU", {"algo_config": "rtn"}, tied_embeddings=False, hidden_size=576)["algo_config"] == "rtn"
+    big = builder_options("int4", "CPU", {"algo_config": "autoround"}, tied_embeddings=False, hidden_size=3072)
+    assert big["algo_config"] == "autoround" and "matmul_mixed_precision" not in big

@@ -74,7 +74,7 @@ def runtime_versions() -> dict[str, str]:
     """The onnxruntime(-genai) builds installed here and the builder's libraries, with versions."""
     genai, ort = _installed()
     versions = {**genai, **ort}
-    for package in ("onnx", "transformers", "torch"):
+    for package in ("onnx", "transformers", "torch", "auto-round"):
         versions[package] = _version(package) or "not installed"
     return versions
 
