@@ -23,7 +23,7 @@ def test_info_describes_devices_and_precisions():
     assert not caps.native_stop_strings, "onnxruntime-genai has no stop strings: the core must apply them"
     assert caps.exact_precisions == ("fp32", "fp16")
     assert set(info.quantize_options) == {"block_size", "accuracy_level", "algo_config", "is_symmetric",
-                                          "matmul_mixed_precision", "iters", "dataset"}
+                                          "matmul_mixed_precision", "iters", "dataset", "num_samples"}
     assert "threads" in info.options and "threads" not in info.quantize_options
     assert info.runtime_versions.get("onnxruntime-genai") or info.runtime_versions.get("onnxruntime-genai-directml")
 

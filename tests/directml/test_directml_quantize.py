@@ -60,6 +60,7 @@ def test_the_core_refuses_them_too(tiny):
     ({"no_such_option": "1"}, "no option"),
     ({"algo_config": "autoround", "matmul_mixed_precision": "mixed_layers:int8"}, "does not combine"),
     ({"iters": "-1"}, "iters"),
+    ({"num_samples": "0"}, "num_samples"),
     ({"iters": "5", "algo_config": "rtn"}, "applies with algo_config=autoround only"),
     ({"dataset": "wikitext2"}, "no file"),
 ])

@@ -20,6 +20,7 @@ QUANTIZE_OPTIONS = {
     "iters": "autoround: tuning steps per layer block (default 50; 0 = AutoRound's data-free RTN)",
     "dataset": "autoround: calibration text, self (default: the model's own answers to fixed prompts, made once "
     "and cached; no hub) or a .txt (blank-line separated) / .jsonl (\"text\" fields) file",
+    "num_samples": "autoround: calibration samples (default 32 for self, at most 64; all of a file up to 64)",
     "is_symmetric": "int4/int8: true or false (default true, but false for int8 on CPU; a tied embedding "
     "then gets its own quantized copy)",
     "matmul_mixed_precision": "int4: int8 for some MatMuls, e.g. last_matmul:int8 (the LM head), "
@@ -27,7 +28,7 @@ QUANTIZE_OPTIONS = {
     "(a tied embedding gets its own int4 copy unless none)",
 }
 #: Options of AutoRound (algo_config=autoround), not the builder's.
-AUTOROUND_OPTIONS = ("iters", "dataset")
+AUTOROUND_OPTIONS = ("iters", "dataset", "num_samples")
 AUTOROUND_ITERS = "50"
 RUN_OPTIONS = {"threads": "ONNX Runtime intra-op threads (default: the runtime's; env AIPC_NUM_THREADS)"}
 _BLOCK_SIZES = ("16", "32", "64", "128", "256")
@@ -138,6 +139,9 @@ def _autoround_recipe(precision: str, chosen: dict[str, str]) -> dict[str, str]:
         raise InvalidConfigError(f"iters must be a whole number from 0 to 10000, got {iters!r}")
     if not chosen.setdefault("dataset", "self"):
         raise InvalidConfigError("dataset is empty: use self or a text file")
+    samples = chosen.get("num_samples")
+    if samples is not None and (not samples.isdigit() or not 1 <= int(samples) <= 64):
+        raise InvalidConfigError(f"num_samples must be a whole number from 1 to 64, got {samples!r}")
     rest = {k: v for k, v in chosen.items() if k not in ("algo_config", *AUTOROUND_OPTIONS)}
     checked = builder_options(precision, "CPU", {"matmul_mixed_precision": "none", **rest}, tied_embeddings=False)
     return {**chosen, **checked}

@@ -82,8 +82,9 @@ def _autoround(request, hf: dict[str, Any], recipe: dict[str, str], threads: int
 
     from .options import autoround_settings
 
-    data = calibration.resolve(recipe["dataset"], Path(request.source_dir), trust_remote_code=request.trust_remote_code,
-                               progress=request.progress)
+    samples = int(recipe["num_samples"]) if "num_samples" in recipe else None
+    data = calibration.resolve(recipe["dataset"], Path(request.source_dir), samples,
+                               trust_remote_code=request.trust_remote_code, progress=request.progress)
     if data.texts is None:
         raise InvalidConfigError(f"dataset {data.name!r} is no file: directml's autoround takes -o dataset=self "
                                  "(the model's own text) or a text / .jsonl file")
