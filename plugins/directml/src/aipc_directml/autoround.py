@@ -6,8 +6,8 @@ scales block by block against the source model's own outputs on calibration text
 then writes a GPTQ-format checkpoint (``qweight`` / ``scales`` / ``qzeros``), which
 onnxruntime-genai's model builder turns into ``MatMulNBits`` as it does any GPTQ checkpoint.
 
-SETTINGS holds ``bits``, ``group_size``, ``sym``, ``iters``, ``seqlen``, ``threads`` and either
-``texts`` (calibration text: the first ``seqlen`` tokens of each text, see :func:`pieces`) or ``dataset`` (a dataset name AutoRound loads itself, from the hub).
+SETTINGS holds ``bits``, ``group_size``, ``sym``, ``iters``, ``seqlen``, ``threads`` and ``texts``
+(the calibration text, already resolved by :mod:`aipc.calibration`; see :func:`pieces`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-#: Calibration pieces at most (AutoRound's nsamples).
+#: Calibration rows at most (AutoRound's nsamples).
 MAX_SAMPLES = 64
 
 
@@ -46,17 +46,13 @@ def main(argv: list[str]) -> int:
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     tokenizer = AutoTokenizer.from_pretrained(source)
+    dataset, seqlen = pieces(tokenizer, settings["texts"], settings["seqlen"])
     model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
-    if settings.get("texts") is not None:
-        dataset, seqlen = pieces(tokenizer, settings["texts"], settings["seqlen"])
-    else:
-        dataset, seqlen = settings["dataset"], settings["seqlen"]
-    print(f"AutoRound: {len(dataset) if isinstance(dataset, list) else 'hub'} calibration pieces of "
-          f"{seqlen} tokens, {settings['iters']} steps per block", flush=True)
+    print(f"AutoRound: {len(dataset)} calibration pieces of {seqlen} tokens, {settings['iters']} steps per block",
+          flush=True)
     quantizer = AutoRound(model, tokenizer=tokenizer, dataset=dataset, bits=settings["bits"],
                           group_size=settings["group_size"], sym=settings["sym"], iters=settings["iters"],
-                          nsamples=len(dataset) if isinstance(dataset, list) else MAX_SAMPLES,
-                          seqlen=seqlen, device_map="cpu", seed=settings.get("seed", 42))
+                          nsamples=len(dataset), seqlen=seqlen, device_map="cpu", seed=settings.get("seed", 42))
     quantizer.quantize_and_save(output, format="auto_gptq")
     return 0
 

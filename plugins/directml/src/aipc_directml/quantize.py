@@ -80,8 +80,6 @@ def _autoround(request, hf: dict[str, Any], recipe: dict[str, str], threads: int
     a child process) and the calibration record for the manifest."""
     from aipc import calibration
 
-    from .options import autoround_settings
-
     samples = int(recipe["num_samples"]) if "num_samples" in recipe else None
     data = calibration.resolve(recipe["dataset"], Path(request.source_dir), samples,
                                trust_remote_code=request.trust_remote_code, progress=request.progress)
