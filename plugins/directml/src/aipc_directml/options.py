@@ -101,17 +101,9 @@ def builder_options(precision: str, device: str, options: dict[str, str], tied_e
         names = [k for k in AUTOROUND_OPTIONS if k in chosen]
         raise InvalidConfigError(f"{' and '.join(names)} {'apply' if len(names) > 1 else 'applies'} with "
                                  "algo_config=autoround only (int4)")
-    if "block_size" in chosen and chosen["block_size"] not in _BLOCK_SIZES:
-        raise InvalidConfigError(f"block_size must be one of {', '.join(_BLOCK_SIZES)}, got {chosen['block_size']!r}")
-    if "accuracy_level" in chosen and chosen["accuracy_level"] not in ("0", "1", "2", "3", "4"):
-        raise InvalidConfigError(f"accuracy_level must be 0-4, got {chosen['accuracy_level']!r}")
+    _check_block_options(chosen)
     if "algo_config" in chosen and chosen["algo_config"] not in ("default", "rtn", "k_quant"):
         raise InvalidConfigError(f"algo_config must be default, rtn, k_quant or autoround, got {chosen['algo_config']!r}")
-    if "is_symmetric" in chosen:
-        value = chosen["is_symmetric"].lower()
-        if value not in ("true", "false", "1", "0"):
-            raise InvalidConfigError(f"is_symmetric must be true or false, got {chosen['is_symmetric']!r}")
-        chosen["is_symmetric"] = "false" if value in ("false", "0") else "true"
     if "matmul_mixed_precision" in chosen:
         mixed = chosen["matmul_mixed_precision"].replace(" ", "")
         if precision != "int4":
@@ -142,9 +134,21 @@ def _autoround_recipe(precision: str, chosen: dict[str, str]) -> dict[str, str]:
     samples = chosen.get("num_samples")
     if samples is not None and (not samples.isdigit() or not 1 <= int(samples) <= 64):
         raise InvalidConfigError(f"num_samples must be a whole number from 1 to 64, got {samples!r}")
-    rest = {k: v for k, v in chosen.items() if k not in ("algo_config", *AUTOROUND_OPTIONS)}
-    checked = builder_options(precision, "CPU", {"matmul_mixed_precision": "none", **rest}, tied_embeddings=False)
-    return {**chosen, **checked}
+    _check_block_options(chosen)
+    return chosen
+
+
+def _check_block_options(chosen: dict[str, str]) -> None:
+    """Check the options the builder and AutoRound share; ``is_symmetric`` is normalised in place."""
+    if "block_size" in chosen and chosen["block_size"] not in _BLOCK_SIZES:
+        raise InvalidConfigError(f"block_size must be one of {', '.join(_BLOCK_SIZES)}, got {chosen['block_size']!r}")
+    if "accuracy_level" in chosen and chosen["accuracy_level"] not in ("0", "1", "2", "3", "4"):
+        raise InvalidConfigError(f"accuracy_level must be 0-4, got {chosen['accuracy_level']!r}")
+    if "is_symmetric" in chosen:
+        value = chosen["is_symmetric"].lower()
+        if value not in ("true", "false", "1", "0"):
+            raise InvalidConfigError(f"is_symmetric must be true or false, got {chosen['is_symmetric']!r}")
+        chosen["is_symmetric"] = "false" if value in ("false", "0") else "true"
 
 
 def autoround_settings(recipe: dict[str, str]) -> tuple[dict, dict[str, str]]:
