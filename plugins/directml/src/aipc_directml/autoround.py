@@ -16,8 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-#: Calibration rows at most (AutoRound's nsamples).
+#: Calibration rows at most (AutoRound's nsamples; the bound of -o num_samples).
 MAX_SAMPLES = 64
+#: AutoRound's seed, fixed so a recipe tunes the same on the same CPU.
+SEED = 42
 
 
 def pieces(tokenizer, texts: list[str], seqlen: int):
@@ -52,7 +54,7 @@ def main(argv: list[str]) -> int:
           flush=True)
     quantizer = AutoRound(model, tokenizer=tokenizer, dataset=dataset, bits=settings["bits"],
                           group_size=settings["group_size"], sym=settings["sym"], iters=settings["iters"],
-                          nsamples=len(dataset), seqlen=seqlen, device_map="cpu", seed=settings.get("seed", 42))
+                          nsamples=len(dataset), seqlen=seqlen, device_map="cpu", seed=SEED)
     quantizer.quantize_and_save(output, format="auto_gptq")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from aipc.errors import InvalidConfigError
 from aipc.options import check_options as _check
 
+from .autoround import MAX_SAMPLES
 from .devices import NAME, TARGETS, device_name
 
 #: -o options that change the artifact (the core keys its cache on them), with their help.
@@ -59,7 +60,7 @@ DEFAULTS: dict[tuple[str, str], dict[str, str]] = {
 #: keeps 16 of 19 tuning answers (the mixed recipe 15, the builder's all-int4 11) and 24 of 27
 #: evaluation answers (24, 21), first answer token 0.94 (0.84, 0.82), at all-int4 size (92 MB against
 #: 118) and decode speed (1.06x the mixed recipe, 1.02x all-int4), quantized in 104 s (1 thread,
-#: calibration text included; the builder alone 16 s). Tried beside it and not taken: 100 or 200 steps,
+#: calibration text included; the builder alone 5-16 s). Tried beside it and not taken: 100 or 200 steps,
 #: asymmetric, and AutoRound with the mixed recipe's int8 layers (18/19 tuning but 21/27 eval).
 #: On a 3.8B model the tuning would take about 30x as long on such a CPU, so larger models keep the
 #: mixed recipe above; -o algo_config=autoround asks for it.
@@ -132,8 +133,8 @@ def _autoround_recipe(precision: str, chosen: dict[str, str]) -> dict[str, str]:
     if not chosen.setdefault("dataset", "self"):
         raise InvalidConfigError("dataset is empty: use self or a text file")
     samples = chosen.get("num_samples")
-    if samples is not None and (not samples.isdigit() or not 1 <= int(samples) <= 64):
-        raise InvalidConfigError(f"num_samples must be a whole number from 1 to 64, got {samples!r}")
+    if samples is not None and (not samples.isdigit() or not 1 <= int(samples) <= MAX_SAMPLES):
+        raise InvalidConfigError(f"num_samples must be a whole number from 1 to {MAX_SAMPLES}, got {samples!r}")
     _check_block_options(chosen)
     return chosen
 

@@ -74,7 +74,7 @@ def _run(command: list[str], env: dict[str, str], log, tail: deque[str], on_line
         raise
 
 
-def _autoround(request, hf: dict[str, Any], recipe: dict[str, str], threads: int | None, scratch: Path, env, log,
+def _autoround(request, hf: dict[str, Any], recipe: dict[str, str], settings: dict[str, Any], scratch: Path, env, log,
                tail: deque[str]) -> tuple[int, Path, dict[str, Any]]:
     """AutoRound's exit code, its GPTQ checkpoint of the source in ``scratch`` (aipc_directml.autoround,
     a child process) and the calibration record for the manifest."""
@@ -86,10 +86,8 @@ def _autoround(request, hf: dict[str, Any], recipe: dict[str, str], threads: int
     if data.texts is None:
         raise InvalidConfigError(f"dataset {data.name!r} is no file: directml's autoround takes -o dataset=self "
                                  "(the model's own text) or a text / .jsonl file")
-    settings, _ = autoround_settings(recipe)
-    settings.update(texts=data.texts, threads=threads)
     settings_file = scratch / "autoround.json"
-    settings_file.write_text(json.dumps(settings), encoding="utf-8")
+    settings_file.write_text(json.dumps({**settings, "texts": data.texts}), encoding="utf-8")
     checkpoint = scratch / "autoround"
     layers = int(hf.get("num_hidden_layers") or 0)
     request.progress(f"Tuning int4 rounding with AutoRound ({settings['iters']} steps per block)", 0.0)
@@ -121,7 +119,7 @@ def build(request, target: str):
     recipe = builder_options(request.precision, request.device, dict(request.options), tied,
                              hidden_size=int(hidden) if isinstance(hidden, int) else None)
     autoround = recipe.get("algo_config") == "autoround"
-    extra = autoround_settings(recipe)[1] if autoround else recipe
+    settings, extra = autoround_settings(recipe) if autoround else ({}, recipe)
     threads = thread_count(request.options)
     layers = int(hf.get("num_hidden_layers") or 0)
     out = Path(request.output_dir)
@@ -147,7 +145,8 @@ def build(request, target: str):
         source, code, stage = Path(request.source_dir), 0, "builder"
         if autoround:
             shown = {k: v for k, v in env.items() if k != "TQDM_DISABLE"}  # its progress bars are the progress
-            code, source, used["calibration"] = _autoround(request, hf, recipe, threads, Path(scratch), shown, log, tail)
+            code, source, used["calibration"] = _autoround(request, hf, recipe, {**settings, "threads": threads}, Path(scratch),
+                                                           shown, log, tail)
             stage, share = "AutoRound", 0.8
         if code == 0:
             stage = "builder"
