@@ -19,6 +19,7 @@ environment (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -41,6 +42,8 @@ def question_set(name: str) -> list[tuple[str, str]]:
 
 
 SETS = {name: question_set(name) for name in ("tuning", "eval")}
+# what an accuracy row was measured on: the sets' questions and patterns
+SETS_DIGEST = hashlib.sha256(json.dumps(SETS, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def greedy_answer(model: aipc.Model, question: str, tokens: int, system: str | None = SYSTEM) -> tuple[list[int], str]:
@@ -97,18 +100,21 @@ def reference_answers(model_name: str, tokens: int) -> dict:
     return reference
 
 
+SPEED_FIELDS = ("ttft_ms", "ttft_ms_stdev", "prefill_tps", "decode_tps", "decode_tps_stdev", "tpot_ms", "load_first_s",
+                "load_warm_s", "compile_cache_was_empty", "peak_rss_mb", "rss_added_mb", "runs", "token_latencies_ms")
 ACCURACY_FIELDS = ("tuning", "eval", "suite_first_token", "suite_paris", "no_system_first_token")
 
 
 def reusable_accuracy(path: Path, report: dict, tokens: int) -> dict[tuple, dict]:
     """The accuracy rows of an earlier sweep by variant options, if it measured the same model with the
-    same runtime versions, CPU and answer length (else none: another runtime or CPU kernel may answer
-    differently)."""
+    same runtime versions, CPU, answer length and question sets (else none: another runtime or CPU
+    kernel may answer differently)."""
     old = json.loads(path.read_text(encoding="utf-8"))
-    same = (old.get("model"), old.get("versions"), old.get("machine", {}).get("cpu"), old.get("answer_tokens", 48)) == (
-        report.get("model"), report.get("versions"), report["machine"]["cpu"], tokens)
+    same = (old.get("model"), old.get("versions"), old.get("machine", {}).get("cpu"), old.get("answer_tokens", 48),
+            old.get("question_sets")) == (
+        report.get("model"), report.get("versions"), report["machine"]["cpu"], tokens, SETS_DIGEST)
     if not same:
-        print(f"{path}: another model, runtime version, CPU or answer length; its accuracy is not reused")
+        print(f"{path}: another model, runtime version, CPU, answer length or question set; its accuracy is not reused")
         return {}
     return {variant_key(row): {k: row[k] for k in ACCURACY_FIELDS}
             for row in old["results"] if all(k in row for k in ACCURACY_FIELDS)}
@@ -134,6 +140,8 @@ def main() -> None:
     parser.add_argument("--reuse-accuracy", type=Path, metavar="SWEEP_JSON",
                         help="take the accuracy of variants this earlier sweep measured with the same model, "
                         "backend, precision, runtime versions and CPU (greedy answers do not change); speed is measured anew")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="quantize (or take from the cache) and measure accuracy, artifact size and quantize time; no speed")
     args = parser.parse_args()
     os.environ["AIPC_NUM_THREADS"] = str(args.threads)
     combos, notes = bench.combinations((args.backend,), (args.precision,), args.device, tuple(args.variant or [""]))
@@ -143,8 +151,16 @@ def main() -> None:
     def progress(message: str, fraction: float | None = None) -> None:
         print(message, flush=True)
 
-    report = bench.run(args.model, combos, args.prompt_tokens, args.new_tokens, args.runs, 1, None, False, progress)
+    if args.accuracy_only:  # bench's preparation (quantize, size, load) with one token-sized run, its timings dropped
+        report = bench.run(args.model, combos, 1, 2, 1, 0, None, False, progress)
+        report["settings"] = {"accuracy_only": True}
+        for row in report["results"]:
+            for key in SPEED_FIELDS:
+                row.pop(key, None)
+    else:
+        report = bench.run(args.model, combos, args.prompt_tokens, args.new_tokens, args.runs, 1, None, False, progress)
     report["answer_tokens"] = args.answer_tokens
+    report["question_sets"] = SETS_DIGEST
     reference = reference_answers(args.model, args.answer_tokens)
     report["reference"] = {}
     for name, questions in SETS.items():
@@ -166,7 +182,7 @@ def main() -> None:
     for row in report["results"]:
         name = ",".join(row["options"]) or "(default)"
         tune, held = row["tuning"], row["eval"]
-        print(f"{name:<{width}}{row['decode_tps']:>13}{row['artifact_mb']:>7}{row.get('quantize_s') or '-':>11}"
+        print(f"{name:<{width}}{row.get('decode_tps', '-'):>13}{row['artifact_mb']:>7}{row.get('quantize_s') or '-':>11}"
               f"{tune['kept']:>6}/{tune['reference_right']:<3} {tune['kept_share'] or 0:4.0%}"
               f"{held['kept']:>4}/{held['reference_right']:<3}{held['kept_share'] or 0:4.0%}"
               f"{held['first_token_agreement']:>13}{row['suite_first_token']:>7}{'yes' if row['suite_paris'] else 'no':>7}")
