@@ -49,18 +49,18 @@ def test_int4_default_recipe_is_the_walkthroughs(phi3_mini_like):
     assert not plan.notes and not plan.adjusted_group_sizes
 
 
-def test_small_models_get_group_64_ratio_08(tiny, smollm2_like):
+def test_small_models_get_group_64(tiny, smollm2_like):
     for folder in (tiny, smollm2_like):  # hidden 128 and 576
         plan = plan_quantization("int4", "CPU", {}, folder)
-        assert (plan.sym, plan.group_size, plan.ratio) == (True, 64, 0.8)
+        assert (plan.sym, plan.group_size, plan.ratio) == (True, 64, 0.6)
         assert (plan.awq, plan.scale_estimation, plan.dataset) == (False, False, None)  # data-aware is opt-in
         assert not plan.adjusted_group_sizes and any("small model" in n for n in plan.notes)
     aware = plan_quantization("int4", "CPU", {"awq": "true", "scale_estimation": "true", "dataset": "self"}, tiny)
     assert (aware.awq, aware.scale_estimation, aware.dataset, aware.group_size) == (True, True, "self", 64)
     assert plan_quantization("int4", "CPU", {"dataset": "none"}, tiny).dataset is None
-    # each can still be chosen: the other keeps its small-model default
-    assert (plan_quantization("int4", "CPU", {"ratio": "0.6"}, tiny).group_size,
-            plan_quantization("int4", "CPU", {"group_size": "32"}, tiny).ratio) == (64, 0.8)
+    # each can still be chosen: the other keeps its default
+    assert (plan_quantization("int4", "CPU", {"ratio": "0.8"}, tiny).group_size,
+            plan_quantization("int4", "CPU", {"group_size": "32"}, tiny).ratio) == (64, 0.6)
     assert plan_quantization("int4", "NPU", {}, tiny).group_size == 128  # NPU keeps its documented settings
 
 
@@ -173,8 +173,8 @@ def test_artifact_files_and_manifest(artifacts, tiny, precision):
     for name in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml",
                  "config.json", "tokenizer_config.json"):
         assert (folder / name).is_file(), f"{precision} artifact lacks {name}"
-    if precision == "int4":  # the tiny Phi-3 (hidden 128) is a small model: group 64, ratio 0.8
-        assert (manifest.options["sym"], manifest.options["group_size"], manifest.options["ratio"]) == (True, 64, 0.8)
+    if precision == "int4":  # the tiny Phi-3 (hidden 128) is a small model: group 64, ratio 0.6
+        assert (manifest.options["sym"], manifest.options["group_size"], manifest.options["ratio"]) == (True, 64, 0.6)
     assert detect(folder) == precision, "the folder's own precision is not recognised from its files"
 
 

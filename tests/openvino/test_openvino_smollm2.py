@@ -25,26 +25,27 @@ def test_int4_answers_paris(smol_int4):
 
 
 def test_int4_recipe_for_a_small_model(smol_int4):
-    """Hidden 576: group 64, ratio 0.8 (group 128 does not divide it, and loses the answers' first tokens)."""
+    """Hidden 576: group 64 (group 128 does not divide it, and loses the answers' first tokens), ratio 0.6."""
     options = Manifest.read(smol_int4.artifact_dir).options
-    assert (options["sym"], options["group_size"], options["ratio"]) == (True, 64, 0.8)
+    assert (options["sym"], options["group_size"], options["ratio"]) == (True, 64, 0.6)
     assert "adjusted_group_sizes" not in options
     assert smol_int4.context_length == 8192
 
 
 def test_int4_first_answer_tokens_follow_the_reference(smollm2, smol_int4, stream_raw):
-    """On the conformance suite's 10 prompts, with and without the walkthrough's system prompt:
-    at least 3 of 4 first answer tokens as the reference's (SmolLM2 has near-tied first tokens,
-    so a sound int4 model misses some; benchmarks/sweep.py measured 16-18 of 20 for the recipes
-    it compared, and 2-4 of the 4 bare prompts alone, which is too few to judge by)."""
-    from aipc.conformance.support import AGREEMENT_PROMPTS, SYSTEM
+    """On the tuning set's 30 factual questions (aipc.conformance.questions), with the walkthrough's
+    system prompt: at least 3 of 4 first answer tokens as the reference's. Measured on an Intel
+    Xeon: 28 of 30 for the default (ratio 0.6), 25 for ratio 0.8; per-channel all-int4 (ratio 1.0,
+    group -1) gets 22 and fails it. The suite's 10 open prompts (a story, a synonym) have near-tied
+    first tokens: the conformance suite checks those (at least half)."""
+    from aipc.conformance.questions import QUESTIONS
+    from aipc.conformance.support import SYSTEM
 
     reference = aipc.load(str(smollm2), backend="transformers", precision="fp32")
-    cases = [(p, system) for p in AGREEMENT_PROMPTS for system in (None, SYSTEM)]
-    missed = [(p, system) for p, system in cases
-              if stream_raw(smol_int4, p, max_new_tokens=1, ignore_eos=True, system=system)[1]
-              != stream_raw(reference, p, max_new_tokens=1, ignore_eos=True, system=system)[1]]
-    assert len(missed) <= len(cases) // 4, f"int4 misses the reference's first answer token on {len(missed)} of {len(cases)}: {missed}"
+    missed = [q for q, _ in QUESTIONS
+              if stream_raw(smol_int4, q, max_new_tokens=1, ignore_eos=True, system=SYSTEM)[1]
+              != stream_raw(reference, q, max_new_tokens=1, ignore_eos=True, system=SYSTEM)[1]]
+    assert len(missed) <= len(QUESTIONS) // 4, f"int4 misses the reference's first answer token on {len(missed)} of {len(QUESTIONS)}: {missed}"
 
 
 def test_fp16_follows_the_reference(smollm2, stream_raw):

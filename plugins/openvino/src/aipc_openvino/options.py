@@ -19,8 +19,7 @@ from aipc_openvino_common.export import ALGORITHMS, DataAware, data_aware_option
 #: Options that change the artifact (the core's cache key includes them).
 QUANTIZE_OPTIONS = {
     "group_size": "int4 group size (default 128, 64 for models with hidden size < 1024; -1 = per-channel)",
-    "ratio": "int4: share of weights in int4, the rest int8 (default 0.6, 0.8 for models with hidden size < 1024; "
-             "1.0 on NPU)",
+    "ratio": "int4: share of weights in int4, the rest int8 (default 0.6; 1.0 on NPU)",
     "sym": "symmetric quantization (int4 default true, int8 default false; true on NPU)",
     "group_size_fallback": "adjust (default: smaller group where the size does not divide a layer, with a warning) or error",
     "awq": "int4: activation-aware weight quantization (data-aware with a dataset, else data-free; default false)",
@@ -46,11 +45,11 @@ HELP = {
     "KEY": "any UPPERCASE OpenVINO property, passed to the runtime (e.g. KV_CACHE_PRECISION=u8)",
 }
 
-#: Below this hidden size a model counts as small: its int4 default is group 64, ratio 0.8
-#: (measured on SmolLM2-135M, see plan_quantization), not the walkthrough's group 128, ratio 0.6.
+#: Below this hidden size a model counts as small: its int4 default is group 64 (measured on
+#: SmolLM2-135M, see plan_quantization), not the walkthrough's group 128; the ratio is the
+#: walkthrough's 0.6 for every size.
 SMALL_MODEL_HIDDEN = 1024
 SMALL_MODEL_GROUP = 64
-SMALL_MODEL_RATIO = 0.8
 
 INT4_ONLY = ("group_size", "ratio", "group_size_fallback", "awq", "scale_estimation", "gptq", "lora_correction",
              "dataset", "num_samples", "all_layers")
@@ -118,7 +117,7 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
     """Check the options for this precision/device and decide the recipe, before any heavy work.
 
     int4 defaults to the walkthrough's recipe (sym, group 128, ratio 0.6), except that models
-    with a hidden size below 1024 (sub-billion ones like SmolLM2) get group 64, ratio 0.8. On NPU the
+    with a hidden size below 1024 (sub-billion ones like SmolLM2) get group 64. On NPU the
     settings OpenVINO documents for NPU are chosen (sym, group 128, ratio 1.0); explicit
     options win.
 
@@ -151,35 +150,21 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
     hidden = sizes.get("hidden_size", 0)
     if not npu and 0 < hidden < SMALL_MODEL_HIDDEN:
         # Sub-billion models: SmolLM2-135M's answers leave the reference's at group 128 (which
-        # does not divide its hidden 576) and at group 64 with ratio 0.6 (first answer token on
-        # 6 of the conformance suite's 10 prompts). benchmarks/sweep.py, 1 thread, one run, the
-        # walkthrough's system prompt, held-out prompts the suite does not use:
-        #   group 32, ratio 0.6 (the old default): 118 tok/s, 116 MB, suite 8/10, held-out first
-        #     token 11/12, common prefix 4.4 tokens, right answers 10/12 (reference 8/12)
-        #   group 64, ratio 0.8: 131 tok/s (+11%; +8% and +12% in two 15-run A/B runs), 104 MB,
-        #     suite 8/10, 11/12, 6.3 tokens, 9/12
-        #   ratio 1.0 (group 32 or 64): 131 tok/s, 94-97 MB, suite 5-6/10, 7/12 right
-        #   group -1 (per-channel), ratio 1.0: 138 tok/s, 90 MB, suite 5/10, 5/12 right
-        # so group 64 with ratio 0.8: faster than group 32 and as close to the reference.
-        # Data-aware recipes (issue 16) stay opt-in: they did not keep more of the reference's right
-        # answers on the held-out set. Same group 64 / ratio 0.8, sweep.py, 1 thread, one run
-        # (benchmarks/results/sweep-openvino-int4-data-aware.json), kept of the reference's right
-        # answers, tuning / eval set, eval first token, suite first token:
-        #   data-free (this default):                    13/19, 25/27 (93%), 0.86, 8/10, Paris
-        #   awq + scale_estimation, dataset=self:        16/19, 20/27 (74%), 0.94, 8/10, Paris
-        #   awq, dataset=self:                           13/19, 22/27 (82%), 0.80, 6/10, no Paris
-        # same 104 MB; quantize (2 contended cores, data-free alone takes 14-17 s): data-free 245 s,
-        # awq + scale estimation 744 s (incl. generating the calibration text), awq 433 s.
-        applied = []
+        # does not divide its hidden 576), so group 64. The ratio: 0.6 (aipc-openvino 0.3; 0.8
+        # before). benchmarks/sweep.py on SmolLM2-135M, Intel Xeon, 1 thread, group 64, data-free,
+        # kept of the reference's right answers on the tuning set / the 150-question eval set
+        # (benchmarks/results/sweep-openvino-int4-ratio-eval150.json; A/B decode speed in
+        # bench-openvino-int4-ratio-ab-{1,2,3}.json):
+        #   ratio 0.8 (the default before):  15/19, 73/94 (78%), 104 MB
+        #   ratio 0.6:                       18/19, 82/94 (87%), 114 MB, decode 0.94-1.00x (0.96x pooled)
+        #   ratio 0.4:                       14/19, 80/94, 124 MB;  ratio 0.2: 17/19, 76/94, 134 MB
+        # The tuning set chooses 0.6 and the eval set agrees (12 answers kept that 0.8 loses against
+        # 3 the other way; McNemar p = 0.035). Data-aware recipes stay opt-in: on the same sets
+        # scale estimation keeps 16/19, 71/94 and GPTQ 15/19, 78/94 (333 s to quantize) at ratio 0.8.
         if "group_size" not in given:
             plan.group_size = SMALL_MODEL_GROUP
-            applied.append(f"group size {SMALL_MODEL_GROUP}")
-        if "ratio" not in given:
-            plan.ratio = SMALL_MODEL_RATIO
-            applied.append(f"ratio {SMALL_MODEL_RATIO}")
-        if applied:
-            plan.notes.append(f"hidden size {hidden} < {SMALL_MODEL_HIDDEN}: small model, int4 {' and '.join(applied)} "
-                              "(-o group_size=128 -o ratio=0.6 for the walkthrough's)")
+            plan.notes.append(f"hidden size {hidden} < {SMALL_MODEL_HIDDEN}: small model, int4 group size "
+                              f"{SMALL_MODEL_GROUP} (-o group_size=128 for the walkthrough's)")
     if "sym" in given:
         plan.sym = option_bool("sym", given["sym"])
     if "group_size" in given:
