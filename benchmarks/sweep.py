@@ -24,6 +24,7 @@ import json
 import os
 import re
 import statistics
+import time
 from pathlib import Path
 
 import aipc
@@ -100,8 +101,6 @@ def reference_answers(model_name: str, tokens: int) -> dict:
     return reference
 
 
-SPEED_FIELDS = ("ttft_ms", "ttft_ms_stdev", "prefill_tps", "decode_tps", "decode_tps_stdev", "tpot_ms", "load_first_s",
-                "load_warm_s", "compile_cache_was_empty", "peak_rss_mb", "rss_added_mb", "runs", "token_latencies_ms")
 ACCURACY_FIELDS = ("tuning", "eval", "suite_first_token", "suite_paris", "no_system_first_token")
 
 
@@ -118,6 +117,27 @@ def reusable_accuracy(path: Path, report: dict, tokens: int) -> dict[tuple, dict
         return {}
     return {variant_key(row): {k: row[k] for k in ACCURACY_FIELDS}
             for row in old["results"] if all(k in row for k in ACCURACY_FIELDS)}
+
+
+def artifacts_report(model_name: str, combos: list, progress) -> dict:
+    """--accuracy-only: each variant's artifact (quantized, or taken from the cache), its size and
+    quantize time, in the report form bench.run gives, without loading a model for speed."""
+    from aipc import cache, runtime
+    from aipc.plugins import registry
+
+    rows = []
+    for combo in combos:
+        started = time.perf_counter()
+        folder = runtime.quantize(model_name, combo.backend, combo.precision, combo.device, list(combo.options),
+                                  progress=progress)
+        took = time.perf_counter() - started
+        rows.append({"backend": combo.backend, "precision": combo.precision, "device": combo.device,
+                     "options": list(combo.options), "label": combo.label,
+                     "quantize_s": round(took, 2) if took > 2 else None,  # as bench: None = it was cached
+                     "artifact_mb": round(cache.folder_size(folder) / 1e6, 1)})
+    versions = {c.backend: registry().get(c.backend).info.runtime_versions for c in combos}
+    return {"aipc_version": aipc.__version__, "model": model_name, "machine": bench.machine(), "versions": versions,
+            "settings": {"accuracy_only": True}, "results": rows}
 
 
 def variant_key(row: dict) -> tuple:
@@ -151,12 +171,8 @@ def main() -> None:
     def progress(message: str, fraction: float | None = None) -> None:
         print(message, flush=True)
 
-    if args.accuracy_only:  # bench's preparation (quantize, size, load) with one token-sized run, its timings dropped
-        report = bench.run(args.model, combos, 1, 2, 1, 0, None, False, progress)
-        report["settings"] = {"accuracy_only": True}
-        for row in report["results"]:
-            for key in SPEED_FIELDS:
-                row.pop(key, None)
+    if args.accuracy_only:
+        report = artifacts_report(args.model, combos, progress)
     else:
         report = bench.run(args.model, combos, args.prompt_tokens, args.new_tokens, args.runs, 1, None, False, progress)
     report["answer_tokens"] = args.answer_tokens
