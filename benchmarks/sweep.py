@@ -34,12 +34,12 @@ from aipc.conformance.support import AGREEMENT_PROMPTS, SYSTEM, run_raw
 from aipc.sources import DEFAULT_MODEL
 
 def question_set(name: str) -> list[tuple[str, str]]:
-    """The tuning set (the suite's questions, what recipes and defaults may be tuned on) or the
-    evaluation set of benchmarks/questions/eval.json (kept apart: nothing is tuned on it)."""
-    if name == "tuning":
-        return list(TUNING)
+    """The tuning set (the suite's questions and benchmarks/questions/tuning.json: what recipes and
+    defaults may be tuned on) or the evaluation set of benchmarks/questions/eval.json (kept apart:
+    nothing is tuned on it)."""
     path = Path(__file__).parent / "questions" / f"{name}.json"
-    return [tuple(q) for q in json.loads(path.read_text(encoding="utf-8"))["questions"]]
+    listed = [tuple(q) for q in json.loads(path.read_text(encoding="utf-8"))["questions"]]
+    return list(TUNING) + listed if name == "tuning" else listed
 
 
 SETS = {name: question_set(name) for name in ("tuning", "eval")}
