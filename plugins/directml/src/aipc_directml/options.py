@@ -60,7 +60,8 @@ DEFAULTS: dict[tuple[str, str], dict[str, str]] = {
 #: read by the builder. On SmolLM2-135M (Intel Xeon, results/sweep-directml-int4-autoround.json) it
 #: keeps 16 of 19 tuning answers (the mixed recipe 15, the builder's all-int4 11) and 24 of 27
 #: evaluation answers (24, 21; on the 150-question set 71 of 94: 74, 66, differences within noise),
-#: first answer token 0.94 (0.84, 0.82), at all-int4 size (92 MB against
+#: first answer token 0.94 (0.84, 0.82); on the 160-question tuning set 67 of 104 (71, 59;
+#: results/tuning160-directml-int4.json), at all-int4 size (92 MB against
 #: 118) and decode speed (1.06x the mixed recipe, 1.02x all-int4), quantized in 104 s (1 thread,
 #: calibration text included; the builder alone 5-16 s). Tried beside it and not taken: 100 or 200 steps,
 #: asymmetric, and AutoRound with the mixed recipe's int8 layers (18/19 tuning but 21/27 eval).
