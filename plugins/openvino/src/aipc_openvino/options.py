@@ -161,10 +161,10 @@ def plan_quantization(precision: str, device: str, options: dict[str, str], sour
         # The tuning set chooses 0.6 and the eval set agrees (12 answers kept that 0.8 loses against
         # 3 the other way; McNemar p = 0.035). Data-aware recipes stay opt-in: on the same sets
         # scale estimation keeps 16/19, 71/94 and GPTQ 15/19, 78/94 (333 s to quantize) at ratio 0.8;
-        # over ratio 0.6 neither they, AWQ, group 32 nor sym=false keeps more
-        # (results/sweep-openvino-int4-over-ratio06-eval150.json). On the 160-question tuning set
-        # (results/tuning160-openvino-int4.json): 0.6 keeps 76/104, 0.8 74, sym=false 82 (which the
-        # eval set does not confirm: 78/94).
+        # over ratio 0.6 neither they, AWQ, group 32 nor sym=false keeps more on the 30-question
+        # tuning set or on eval (results/sweep-openvino-int4-over-ratio06-eval150.json). On the
+        # 160-question tuning set (results/tuning160-openvino-int4.json): 0.6 keeps 76/104, 0.8 74,
+        # sym=false 82 (which the eval set does not confirm: 78/94).
         if "group_size" not in given:
             plan.group_size = SMALL_MODEL_GROUP
             plan.notes.append(f"hidden size {hidden} < {SMALL_MODEL_HIDDEN}: small model, int4 group size "
