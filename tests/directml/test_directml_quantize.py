@@ -72,8 +72,9 @@ def test_bad_options_are_refused(tiny, tmp_path, options, match):
 def test_quantization_options_need_a_quantized_precision(tiny, tmp_path):
     with pytest.raises(InvalidConfigError, match="int4/int8 only"):
         registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "fp32", "CPU", block_size="64"))
-    with pytest.raises(InvalidConfigError, match="int4 only"):
-        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "int8", "CPU", algo_config="autoround"))
+    with pytest.raises(InvalidConfigError, match="int8 symmetric only"):
+        registry().call(BACKEND, "aipc_quantize", request=_request(tiny, tmp_path, "int8", "CPU", algo_config="autoround",
+                                                                   is_symmetric="false"))
 
 
 def _graph(folder):
@@ -198,6 +199,22 @@ def test_autoround_takes_a_calibration_file(tiny, tmp_path):
                            options={"algo_config": "autoround", "dataset": str(data), "iters": "2"})
     record = Manifest.read(folder).options["calibration"]
     assert (record["dataset"], record["samples"]) == ("calibration.txt", 6)
+    model = aipc.load(str(folder), backend=BACKEND, device="CPU", options={"threads": "1"})
+    try:
+        assert model.complete("Hello", max_new_tokens=4) is not None
+    finally:
+        model.close()
+
+
+def test_autoround_int8_is_symmetric_8_bit_weights_the_builder_reads(tiny):
+    """int8 AutoRound (opt-in): the CPU int8 default's asymmetry gives way to the symmetric form AutoRound
+    writes at 8 bits; every MatMul 8-bit, and the model answers."""
+    from aipc_directml.artifact import precision_of
+
+    folder = aipc.quantize(str(tiny), backend=BACKEND, precision="int8", device="CPU",
+                           options={"algo_config": "autoround", "iters": "2"})
+    assert Manifest.read(folder).options["is_symmetric"] == "true"
+    assert _bits(folder) == {8} and precision_of(folder) == "int8"
     model = aipc.load(str(folder), backend=BACKEND, device="CPU", options={"threads": "1"})
     try:
         assert model.complete("Hello", max_new_tokens=4) is not None

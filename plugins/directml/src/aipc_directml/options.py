@@ -15,9 +15,9 @@ QUANTIZE_OPTIONS = {
     "block_size": "int4/int8: weights per quantization block, 16/32/64/128/256 (builder default 32)",
     "accuracy_level": "int4/int8: minimum MatMul compute precision, 1=fp32 2=fp16 3=bf16 4=int8 "
     "(builder default: 4 on CPU, 0 on DML)",
-    "algo_config": "int4/int8: rounding method: the builder's default/rtn/k_quant, or autoround (int4: Intel's "
-    "AutoRound tunes the rounding on calibration text, then the builder reads its weights; the CPU default "
-    "for models with hidden size < 1024)",
+    "algo_config": "int4/int8: rounding method: the builder's default/rtn/k_quant, or autoround (Intel's "
+    "AutoRound tunes the rounding on calibration text, then the builder reads its weights; int8 symmetric only; "
+    "the int4 CPU default for models with hidden size < 1024)",
     "iters": "autoround: tuning steps per layer block (default 50; 0 = AutoRound's data-free RTN)",
     "dataset": "autoround: calibration text, self (default: the model's own answers to fixed prompts, made once "
     "and cached; no hub) or a .txt (blank-line separated) / .jsonl (\"text\" fields) file",
@@ -98,13 +98,15 @@ def builder_options(precision: str, device: str, options: dict[str, str], tied_e
         recipe.pop("algo_config", None)  # the user's rounding method, or the builder's mixed precision
     if given.get("algo_config") == "autoround":
         recipe.pop("matmul_mixed_precision", None)
+        if precision == "int8":
+            recipe.pop("is_symmetric", None)  # AutoRound writes 8-bit weights symmetric only
     chosen = {**recipe, **given}
     if chosen.get("algo_config") == "autoround":
         return _autoround_recipe(precision, chosen)
     if any(k in chosen for k in AUTOROUND_OPTIONS):
         names = [k for k in AUTOROUND_OPTIONS if k in chosen]
         raise InvalidConfigError(f"{' and '.join(names)} {'apply' if len(names) > 1 else 'applies'} with "
-                                 "algo_config=autoround only (int4)")
+                                 "algo_config=autoround only")
     _check_block_options(chosen)
     if "algo_config" in chosen and chosen["algo_config"] not in ("default", "rtn", "k_quant"):
         raise InvalidConfigError(f"algo_config must be default, rtn, k_quant or autoround, got {chosen['algo_config']!r}")
@@ -125,10 +127,9 @@ def builder_options(precision: str, device: str, options: dict[str, str], tied_e
 
 
 def _autoround_recipe(precision: str, chosen: dict[str, str]) -> dict[str, str]:
-    if precision != "int4":
-        raise InvalidConfigError("algo_config=autoround applies to int4 only")
+    """int4 or int8 (symmetric only: the GPTQ format's 8-bit weights have no zero points)."""
     if chosen.get("matmul_mixed_precision", "none") != "none":
-        raise InvalidConfigError("matmul_mixed_precision does not combine with algo_config=autoround (all int4)")
+        raise InvalidConfigError("matmul_mixed_precision does not combine with algo_config=autoround (one bit width throughout)")
     chosen.pop("matmul_mixed_precision", None)
     iters = chosen.setdefault("iters", AUTOROUND_ITERS)
     if not iters.isdigit() or int(iters) > 10000:
@@ -139,6 +140,8 @@ def _autoround_recipe(precision: str, chosen: dict[str, str]) -> dict[str, str]:
     if samples is not None and (not samples.isdigit() or not 1 <= int(samples) <= MAX_SAMPLES):
         raise InvalidConfigError(f"num_samples must be a whole number from 1 to {MAX_SAMPLES}, got {samples!r}")
     _check_block_options(chosen)
+    if precision == "int8" and chosen.setdefault("is_symmetric", "true") == "false":
+        raise InvalidConfigError("algo_config=autoround writes int8 symmetric only: drop is_symmetric=false")
     return chosen
 
 
@@ -155,11 +158,11 @@ def _check_block_options(chosen: dict[str, str]) -> None:
         chosen["is_symmetric"] = "false" if value in ("false", "0") else "true"
 
 
-def autoround_settings(recipe: dict[str, str]) -> tuple[dict, dict[str, str]]:
+def autoround_settings(recipe: dict[str, str], precision: str = "int4") -> tuple[dict, dict[str, str]]:
     """AutoRound's settings and the builder's ``--extra_options`` of an ``algo_config=autoround`` recipe.
     The builder gets only what still applies to a quantized checkpoint: the compute precision, and
     the block size for the LM head it quantizes itself (symmetric: shared with a tied embedding)."""
-    settings = {"bits": 4, "group_size": int(recipe.get("block_size", "32")),
+    settings = {"bits": 8 if precision == "int8" else 4, "group_size": int(recipe.get("block_size", "32")),
                 "sym": recipe.get("is_symmetric", "true") == "true", "iters": int(recipe["iters"]), "seqlen": 96}
     extra = {k: recipe[k] for k in ("accuracy_level", "block_size") if k in recipe}
     return settings, extra

@@ -90,7 +90,7 @@ def _autoround(request, hf: dict[str, Any], recipe: dict[str, str], settings: di
     settings_file.write_text(json.dumps({**settings, "texts": data.texts}), encoding="utf-8")
     checkpoint = scratch / "autoround"
     layers = int(hf.get("num_hidden_layers") or 0)
-    request.progress(f"Tuning int4 rounding with AutoRound ({settings['iters']} steps per block)", 0.0)
+    request.progress(f"Tuning {request.precision} rounding with AutoRound ({settings['iters']} steps per block)", 0.0)
 
     reported = set()
 
@@ -119,7 +119,7 @@ def build(request, target: str):
     recipe = builder_options(request.precision, request.device, dict(request.options), tied,
                              hidden_size=int(hidden) if isinstance(hidden, int) else None)
     autoround = recipe.get("algo_config") == "autoround"
-    settings, extra = autoround_settings(recipe) if autoround else ({}, recipe)
+    settings, extra = autoround_settings(recipe, request.precision) if autoround else ({}, recipe)
     threads = thread_count(request.options)
     layers = int(hf.get("num_hidden_layers") or 0)
     out = Path(request.output_dir)
