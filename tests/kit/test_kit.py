@@ -14,7 +14,8 @@ def certify(backend, tmp_path, *extra, env=None, marks="not real_model"):
     report = tmp_path / f"{backend}.json"
     result = subprocess.run(
         [sys.executable, "-m", "aipc", "conformance", "--backend", backend, "--json", str(report),
-         "-m", marks, *extra], capture_output=True, text=True, env=env, timeout=900)
+         "-m", marks, *extra], capture_output=True, text=True, env=env, timeout=1800)
+    assert report.is_file(), f"no report (exit {result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}"
     data = json.loads(report.read_text())
     outcomes = {t["test"]: (t["outcome"], t["reason"]) for t in data["tests"]}
     return result, outcomes, data
