@@ -127,7 +127,7 @@ def builder_options(precision: str, device: str, options: dict[str, str], tied_e
 
 
 def _autoround_recipe(precision: str, chosen: dict[str, str]) -> dict[str, str]:
-    """int4 or int8 (symmetric only: the GPTQ format's 8-bit weights have no zero points)."""
+    """int4, or int8 symmetric only (AutoRound exports no asymmetric 8-bit GPTQ-format weights)."""
     if chosen.get("matmul_mixed_precision", "none") != "none":
         raise InvalidConfigError("matmul_mixed_precision does not combine with algo_config=autoround (one bit width throughout)")
     chosen.pop("matmul_mixed_precision", None)
