@@ -31,7 +31,7 @@ import aipc
 from aipc import bench
 from aipc.sources import DEFAULT_MODEL, resolve
 
-from sweep import SETS, SETS_DIGEST, accuracy, reference_answers, right
+from sweep import SETS_DIGEST, accuracy, reference_answers, reference_summary
 
 
 def _int8(w, group: int | None = None):
@@ -110,10 +110,7 @@ def main() -> None:
     reference = reference_answers(args.model, args.answer_tokens)
     report = {"aipc_version": aipc.__version__, "model": args.model, "machine": bench.machine(),
               "versions": {"torch": torch.__version__}, "answer_tokens": args.answer_tokens,
-              "question_sets": SETS_DIGEST, "reference": {}, "results": []}
-    for name, questions in SETS.items():
-        report["reference"][name] = {"questions": len(questions),
-                                     "right": sum(right(p, reference[q][1]) for q, p in questions)}
+              "question_sets": SETS_DIGEST, "reference": reference_summary(reference), "results": []}
     for variant in args.variant:
         with tempfile.TemporaryDirectory(prefix="aipc-perturb-") as scratch:
             model = aipc.load(str(perturbed_copy(source, variant, Path(scratch) / variant.replace(":", "-"))),

@@ -101,6 +101,16 @@ def reference_answers(model_name: str, tokens: int) -> dict:
     return reference
 
 
+def reference_summary(reference: dict) -> dict:
+    """Per question set: how many questions, how many the reference answers right (also printed)."""
+    summary = {}
+    for name, questions in SETS.items():
+        base = sum(right(p, reference[q][1]) for q, p in questions)
+        summary[name] = {"questions": len(questions), "right": base}
+        print(f"reference (transformers fp32) answers {base}/{len(questions)} {name} questions right")
+    return summary
+
+
 ACCURACY_FIELDS = ("tuning", "eval", "suite_first_token", "suite_paris", "no_system_first_token")
 
 
@@ -178,11 +188,7 @@ def main() -> None:
     report["answer_tokens"] = args.answer_tokens
     report["question_sets"] = SETS_DIGEST
     reference = reference_answers(args.model, args.answer_tokens)
-    report["reference"] = {}
-    for name, questions in SETS.items():
-        base = sum(right(p, reference[q][1]) for q, p in questions)
-        report["reference"][name] = {"questions": len(questions), "right": base}
-        print(f"reference (transformers fp32) answers {base}/{len(questions)} {name} questions right")
+    report["reference"] = reference_summary(reference)
     earlier = reusable_accuracy(args.reuse_accuracy, report, args.answer_tokens) if args.reuse_accuracy else {}
     for combo, row in zip(combos, report["results"]):
         if variant_key(row) in earlier:
